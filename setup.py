@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="disrouter_jax",
+    version="0.1.0",
+    description="DiSRouter (Distributed Self-Routing for LLM Selections) in JAX/Flax NNX",
+    packages=find_packages(include=["disrouter_jax", "disrouter_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12",
+        "transformers>=5.0",
+        "tokenizers",
+        "safetensors",
+        "datasets",
+        "sentencepiece",
+        "numpy",
+        "absl-py",
+        "ml_collections",
+        "tqdm",
+        "matplotlib",
+        "tensorboardX",
+    ],
+    extras_require={
+        "test": ["pytest", "torch==2.13.0"],
+    },
+)
