@@ -1,0 +1,283 @@
+"""Qwen2 / Qwen2.5 decoder in Flax NNX.
+
+Grouped-query attention with bias on q/k/v only, rotary embeddings, RMSNorm, SwiGLU MLP, tied or
+untied LM head. Weights are stored in "math" layout with their dimensions in their names
+(``q_weight_dnh``: embed x heads x head_dim); ``hf_io.py`` maps them to and from Hugging Face tensors.
+
+dtype policy: parameters are stored in ``param_dtype``, matmuls run in ``dtype``; RMSNorm, the
+attention softmax and the logits are computed in float32.
+
+Two forward paths share every layer:
+- ``model(input_ids, positions, attention_mask) -> logits``: the full sequence (training, scoring).
+- ``model.extend(input_ids, positions, attention_mask, cache) -> (logits, cache)``: appends tokens to a
+  KV cache (prefill a prompt, then one-token decode steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from disrouter_jax.models.config import Qwen2Config
+from disrouter_jax.sharding import ShardingContext, constrain
+
+__all__ = ["Qwen2Config", "Qwen2", "KVCache", "init_cache", "from_pretrained", "save_pretrained"]
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> nnx.Param:
+    if init == "normal":
+        value = 0.02 * jax.random.normal(rngs.params(), shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = jnp.zeros(shape, dtype)
+    return nnx.Param(value, logical_axes=tuple(axes))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys/values of every layer for ``S`` slots; ``end`` is the next slot to write.
+
+    All sequences of a batch share the write index (prompts are left-padded), so one
+    ``dynamic_update_slice`` per layer appends a token for the whole batch. ``valid_bs`` marks the
+    slots that hold real tokens; padding slots are never attended to.
+    """
+
+    k_lbskh: jax.Array
+    v_lbskh: jax.Array
+    valid_bs: jax.Array
+    end: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k_lbskh.shape[2]
+
+
+def init_cache(
+    config: Qwen2Config,
+    batch_size: int,
+    max_length: int,
+    dtype=jnp.float32,
+    sharding: ShardingContext | None = None,
+) -> KVCache:
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    k = jnp.zeros(shape, dtype)
+    v = jnp.zeros(shape, dtype)
+    valid = jnp.zeros((batch_size, max_length), jnp.bool_)
+    axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+    k, v = constrain(k, axes, sharding), constrain(v, axes, sharding)
+    valid = constrain(valid, ("batch", "length"), sharding)
+    return KVCache(k, v, valid, jnp.zeros((), jnp.int32))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.scale_d = _param(None, (dim,), ("norm",), param_dtype, init="ones")
+        self.eps = eps
+
+    def __call__(self, x):
+        # Same rounding as transformers: normalise in float32, cast back, then scale.
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale_d[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rotary_embedding(x_btnh, positions_bt, theta: float):
+    """Half-split rotary embedding (``rotate_half`` convention of the HF checkpoints)."""
+    head_dim = x_btnh.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
+    cos = jnp.cos(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+    sin = jnp.sin(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+    x1, x2 = jnp.split(x_btnh, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x_btnh * cos + rotated * sin
+
+
+def attention(q_btnh, k_bskh, v_bskh, allowed_bts, dtype):
+    """Grouped-query attention: each of the K kv heads serves G = N/K query heads."""
+    b, t, n, h = q_btnh.shape
+    k_heads = k_bskh.shape[2]
+    q_btkgh = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
+    scores_bkgts = jnp.einsum(
+        "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    scores_bkgts = jnp.where(allowed_bts[:, None, None, :, :], scores_bkgts, _MASK_VALUE)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
+    out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+    return out_btkgh.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, dtype, param_dtype, rngs, sharding):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_weight_dnh = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), param_dtype)
+        self.q_bias_nh = _param(rngs, (n, h), ("heads", "head_dim"), param_dtype, init="zeros")
+        self.k_weight_dkh = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.k_bias_kh = _param(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+        self.v_weight_dkh = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_bias_kh = _param(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+        self.o_weight_nhd = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), param_dtype)
+        self.rope_theta = cfg.rope_theta
+        self.dtype = dtype
+        self.sharding = sharding
+
+    def project_qkv(self, x_btd, positions_bt):
+        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        q = jnp.einsum("btd,dnh->btnh", x_btd, w(self.q_weight_dnh)) + w(self.q_bias_nh)
+        k = jnp.einsum("btd,dkh->btkh", x_btd, w(self.k_weight_dkh)) + w(self.k_bias_kh)
+        v = jnp.einsum("btd,dkh->btkh", x_btd, w(self.v_weight_dkh)) + w(self.v_bias_kh)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"), self.sharding)
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"), self.sharding)
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"), self.sharding)
+        q = rotary_embedding(q, positions_bt, self.rope_theta)
+        k = rotary_embedding(k, positions_bt, self.rope_theta)
+        return q, k, v
+
+    def output(self, attn_btnh):
+        out = jnp.einsum("btnh,nhd->btd", attn_btnh, self.o_weight_nhd[...].astype(self.dtype))
+        return constrain(out, ("batch", "length", "embed"), self.sharding)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, dtype, param_dtype, rngs, sharding):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_weight_df = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.up_weight_df = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.down_weight_fd = _param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+        self.dtype = dtype
+        self.sharding = sharding
+
+    def __call__(self, x_btd):
+        gate = x_btd @ self.gate_weight_df[...].astype(self.dtype)
+        up = x_btd @ self.up_weight_df[...].astype(self.dtype)
+        hidden_btf = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), self.sharding)
+        out = hidden_btf @ self.down_weight_fd[...].astype(self.dtype)
+        return constrain(out, ("batch", "length", "embed"), self.sharding)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, dtype, param_dtype, rngs, sharding):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, sharding=sharding)
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(cfg, **kw)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, **kw)
+        self.dtype = dtype
+
+    def __call__(self, x_btd, positions_bt, keys_values, allowed_bts):
+        """``keys_values(k, v) -> (k_all, v_all)`` supplies the keys the queries attend to."""
+        q, k, v = self.attn.project_qkv(self.input_norm(x_btd), positions_bt)
+        k_all, v_all = keys_values(k, v)
+        attn = attention(q, k_all, v_all, allowed_bts, self.dtype)
+        x_btd = x_btd + self.attn.output(attn)
+        return x_btd + self.mlp(self.post_attn_norm(x_btd))
+
+
+class Qwen2(nnx.Module):
+    def __init__(
+        self,
+        config: Qwen2Config,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: ShardingContext | None = None,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, sharding=sharding)
+        self.config = config
+        self.dtype = dtype
+        self.sharding = sharding
+        self.embedding_vd = _param(
+            rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype
+        )
+        self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        if not config.tie_word_embeddings:
+            self.lm_head_dv = _param(
+                rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype
+            )
+
+    def embed(self, input_ids_bt):
+        x = jnp.take(self.embedding_vd[...], input_ids_bt, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "length", "embed"), self.sharding)
+
+    def logits(self, x_btd):
+        """Final norm + LM head, with float32 logits."""
+        x_btd = self.final_norm(x_btd)
+        if self.config.tie_word_embeddings:
+            head = self.embedding_vd[...].astype(self.dtype)
+            logits = jnp.einsum("btd,vd->btv", x_btd, head, preferred_element_type=jnp.float32)
+        else:
+            head = self.lm_head_dv[...].astype(self.dtype)
+            logits = jnp.einsum("btd,dv->btv", x_btd, head, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"), self.sharding)
+
+    def hidden_states(self, input_ids_bt, positions_bt=None, attention_mask_bt=None):
+        """Decoder output before the final norm, ``[B, T, D]``."""
+        b, t = input_ids_bt.shape
+        if attention_mask_bt is None:
+            attention_mask_bt = jnp.ones((b, t), jnp.bool_)
+        attention_mask_bt = attention_mask_bt.astype(jnp.bool_)
+        if positions_bt is None:
+            positions_bt = default_positions(attention_mask_bt)
+        causal_ts = jnp.tril(jnp.ones((t, t), jnp.bool_))
+        allowed_bts = causal_ts[None] & attention_mask_bt[:, None, :]
+        x = self.embed(input_ids_bt)
+        for layer in self.layers:
+            x = layer(x, positions_bt, lambda k, v: (k, v), allowed_bts)
+        return x
+
+    def __call__(self, input_ids_bt, positions_bt=None, attention_mask_bt=None):
+        return self.logits(self.hidden_states(input_ids_bt, positions_bt, attention_mask_bt))
+
+    def extend(self, input_ids_bt, positions_bt, attention_mask_bt, cache: KVCache):
+        """Appends ``T`` tokens to the cache and returns their logits and the new cache."""
+        b, t = input_ids_bt.shape
+        start = cache.end
+        valid_bs = jax.lax.dynamic_update_slice(
+            cache.valid_bs, attention_mask_bt.astype(jnp.bool_), (0, start)
+        )
+        slots_s = jnp.arange(cache.max_length)
+        causal_ts = slots_s[None, :] <= (start + jnp.arange(t))[:, None]
+        allowed_bts = causal_ts[None] & valid_bs[:, None, :]
+        # The full [L, ...] buffers are updated slice by slice so XLA can write them in place
+        # (the decode loop donates the cache).
+        kv = {"k": cache.k_lbskh, "v": cache.v_lbskh}
+        x = self.embed(input_ids_bt)
+        for i, layer in enumerate(self.layers):
+
+            def keys_values(k_btkh, v_btkh, i=i):
+                for name, new in (("k", k_btkh), ("v", v_btkh)):
+                    new = new.astype(kv[name].dtype)[None]
+                    kv[name] = jax.lax.dynamic_update_slice(kv[name], new, (i, 0, start, 0, 0))
+                return kv["k"][i].astype(self.dtype), kv["v"][i].astype(self.dtype)
+
+            x = layer(x, positions_bt, keys_values, allowed_bts)
+        new_cache = KVCache(kv["k"], kv["v"], valid_bs, start + t)
+        return self.logits(x), new_cache
+
+
+def default_positions(attention_mask_bt):
+    """Position ids for a left-padded batch: 0 at each row's first real token."""
+    mask = attention_mask_bt.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def from_pretrained(path, **kwargs) -> Qwen2:
+    from disrouter_jax.models import hf_io
+
+    return hf_io.from_pretrained(path, **kwargs)
+
+
+def save_pretrained(model: Qwen2, out_dir, **kwargs):
+    from disrouter_jax.models import hf_io
+
+    return hf_io.save_pretrained(model, out_dir, **kwargs)

@@ -1,0 +1,152 @@
+"""Device mesh and logical-axis rules.
+
+Every parameter and activation names its dimensions with *logical* axes (``vocab``, ``embed``,
+``heads``, ...). A rule table maps each logical axis to zero or more mesh axes. The mapping is
+resolved per array, against its actual shape: a dimension that the mesh axes do not divide is
+replicated instead (e.g. Qwen2.5-0.5B's 14 query heads and 2 KV heads on ``tensor=8``). Replication
+costs memory but is always correct, and for the heads of the small agents that fall back it is only
+a few megabytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Batch is split over both data-parallel axes; weights are split over
+# fsdp along their model dimension and over tensor along heads / mlp / vocab (Megatron layout).
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("vocab", ("tensor",)),
+    ("embed", ("fsdp",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", ()),
+    ("mlp", ("tensor",)),
+    ("layers", ()),
+    ("norm", ()),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the named mesh axes; ``-1`` on one axis means "all remaining devices"."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    def sizes(self, num_devices: int) -> dict[str, int]:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        free = [name for name, size in sizes.items() if size == -1]
+        if len(free) > 1:
+            raise ValueError(f"mesh config {sizes}: at most one axis may be -1")
+        for name, size in sizes.items():
+            if size == 0 or size < -1:
+                raise ValueError(f"mesh config {sizes}: axis {name!r} has invalid size {size}")
+        fixed = math.prod(size for size in sizes.values() if size != -1)
+        if free:
+            if num_devices % fixed:
+                raise ValueError(
+                    f"mesh config {sizes}: fixed axes multiply to {fixed}, which does not divide "
+                    f"the {num_devices} available devices"
+                )
+            sizes[free[0]] = num_devices // fixed
+        if math.prod(sizes.values()) != num_devices:
+            raise ValueError(
+                f"mesh config {sizes} needs {math.prod(sizes.values())} devices, "
+                f"but {num_devices} are available"
+            )
+        return sizes
+
+
+def make_mesh(config: MeshConfig | Mapping[str, int] | None = None, devices=None) -> Mesh:
+    """Builds a ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices)."""
+    if config is None:
+        config = MeshConfig()
+    elif isinstance(config, Mapping):
+        config = MeshConfig(**dict(config))
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config.sizes(len(devices))
+    shape = tuple(sizes[name] for name in MESH_AXES)
+    if devices == list(jax.devices()):
+        # make_mesh orders devices by physical topology (ICI rings on TPU, NVLink on GPU). Auto
+        # axes: shardings are propagated by the compiler from the parameters and our hints.
+        auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+        return jax.make_mesh(shape, MESH_AXES, auto)
+    # An explicit device list (a sub-mesh for one cascade stage) keeps the caller's order.
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+
+
+Rules = Sequence[tuple[str, Sequence[str]]]
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules | None = None
+) -> PartitionSpec:
+    """Resolves logical axis names to a PartitionSpec valid for an array of ``shape``.
+
+    A mesh axis is used at most once per array (first dimension wins) and only where it divides
+    the dimension; size-1 mesh axes are dropped so that specs stay readable.
+    """
+    rule_map = dict(DEFAULT_RULES if rules is None else rules)
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rule_map:
+            raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rule_map)}")
+        chosen = []
+        divisor = 1
+        for mesh_axis in rule_map[name]:
+            size = mesh.shape[mesh_axis]
+            if size == 1 or mesh_axis in used:
+                continue
+            if dim % (divisor * size) == 0:
+                chosen.append(mesh_axis)
+                divisor *= size
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules | None = None
+) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingContext:
+    """A mesh plus its rules, carried by a model so activations can be constrained under jit."""
+
+    mesh: Mesh
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
+
+    def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(
+            x, named_sharding(logical_axes, x.shape, self.mesh, self.rules)
+        )
+
+
+def freeze_rules(rules: Rules | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if rules is None:
+        return DEFAULT_RULES
+    return tuple((name, tuple(axes)) for name, axes in rules)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
+    """Sharding hint for an activation; a no-op without a mesh."""
+    return x if ctx is None else ctx.constrain(x, logical_axes)
