@@ -18,7 +18,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_to
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from disrouter_jax.tasks.prompts import REFUSAL
+from disrouter_jax.tasks.prompts import REFUSAL, SUPPORTED_ALPHAS, scenario_instruction
 from disrouter_jax.toy.world import ToyWorld
 
 PAD_TOKEN = "<|endoftext|>"
@@ -52,9 +52,14 @@ CHAT_TEMPLATE = (
 )
 
 
+def scenario_texts() -> list[str]:
+    """The scenario (α) system prompts: in every self-routing prompt, so worth short encodings."""
+    return [scenario_instruction(alpha) for alpha in SUPPORTED_ALPHAS]
+
+
 def _training_texts(world: ToyWorld, extra_texts: Iterable[str]) -> list[str]:
-    frequent = [REFUSAL, f"system\n{DEFAULT_SYSTEM_PROMPT}", "user\n", "assistant\n"]
-    return list(world.tokenizer_texts()) + frequent * _FREQUENT_TEXT_WEIGHT + list(extra_texts)
+    frequent = [REFUSAL, f"system\n{DEFAULT_SYSTEM_PROMPT}", "user\n", "assistant\n", *extra_texts]
+    return list(world.tokenizer_texts()) + frequent * _FREQUENT_TEXT_WEIGHT
 
 
 def _train_vocab_and_merges(texts: list[str], vocab_size: int
@@ -81,15 +86,19 @@ def _train_vocab_and_merges(texts: list[str], vocab_size: int
 
 
 def build_tokenizer(world: ToyWorld, out_dir: str | os.PathLike,
-                    extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+                    extra_texts: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
     """Train the toy tokenizer on the world's text, save it to out_dir as an HF tokenizer
     directory (tokenizer.json, tokenizer_config.json, chat_template.jinja) and return it as loaded
     back from there, i.e. exactly what every later stage will see.
 
     It is a Qwen2Tokenizer (a PreTrainedTokenizerFast), the class AutoTokenizer picks for a qwen2
-    model directory anyway. extra_texts (e.g. the scenario instructions) only shape the merges.
+    model directory anyway. extra_texts (default: `scenario_texts()`) are frequent prompt texts
+    that get merges of their own (the scenario prompts shrink ~3x); they only shape the merges,
+    any text is lossless.
     """
-    vocab, merges = _train_vocab_and_merges(_training_texts(world, extra_texts),
+    if extra_texts is None:
+        extra_texts = scenario_texts()
+    vocab, merges = _train_vocab_and_merges(_training_texts(world, list(extra_texts)),
                                             world.config.tokenizer_vocab_size)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,

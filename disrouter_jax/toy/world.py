@@ -78,7 +78,7 @@ class WorldConfig:
     skill_queries_per_tier: int = 40
     skill_corpus_size: int = 3000
     heldout_fraction: float = 0.5
-    tokenizer_vocab_size: int = 512
+    tokenizer_vocab_size: int = 768
 
     def __post_init__(self):
         def fail(field: str, requirement: str):
@@ -117,7 +117,7 @@ class WorldConfig:
     def reduced(cls, seed: int = 0) -> "WorldConfig":
         """A small world for unit tests: a few dozen facts, 1-2 digit arithmetic."""
         return cls(seed=seed, num_entities=24, num_cities=8, skill_max_digits=2,
-                   skill_queries_per_tier=8, skill_corpus_size=200, tokenizer_vocab_size=320)
+                   skill_queries_per_tier=8, skill_corpus_size=200, tokenizer_vocab_size=512)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,138 @@
+"""Qwen2 in NNX against the transformers PyTorch reference (the standard of truth)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from disrouter_jax import sharding
+from disrouter_jax.models import qwen2
+
+# Row 0 is left-padded by 3, row 1 by 1, row 2 is full: positions restart at each first token.
+INPUT_IDS = np.array([[0, 0, 0, 5, 17, 3, 9, 11], [0, 8, 2, 40, 1, 6, 30, 21], [4, 4, 7, 1, 2, 3, 9, 8]])
+MASK = np.array([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
+POSITIONS = np.maximum(np.cumsum(MASK, -1) - 1, 0)
+
+
+def torch_logits(ckpt_dir) -> np.ndarray:
+    model = Qwen2ForCausalLM.from_pretrained(ckpt_dir).eval()
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(INPUT_IDS),
+            attention_mask=torch.tensor(MASK),
+            position_ids=torch.tensor(POSITIONS),
+        )
+    return out.logits.numpy()
+
+
+def jax_logits(model) -> np.ndarray:
+    return np.asarray(model(jnp.asarray(INPUT_IDS), jnp.asarray(POSITIONS), jnp.asarray(MASK)))
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            ckpt = tiny_checkpoint(name)
+            cache[name] = (ckpt, qwen2.from_pretrained(ckpt), torch_logits(ckpt))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["gqa2", "tied_gqa7", "mha"])
+def test_logits_match_transformers(loaded, name):
+    _, model, reference = loaded(name)
+    ours = jax_logits(model)
+    real = MASK.astype(bool)
+    diff = np.abs(ours - reference)[real].max()
+    assert diff <= 1e-4, f"{name}: max |logit diff| {diff:.3e}"
+    # Padding must not leak into real positions: shifting the pad token ids changes nothing.
+    shifted = np.where(MASK == 0, 13, INPUT_IDS)
+    again = np.asarray(model(jnp.asarray(shifted), jnp.asarray(POSITIONS), jnp.asarray(MASK)))
+    np.testing.assert_allclose(again[real], ours[real], atol=1e-6)
+
+
+def test_default_positions_follow_mask(loaded):
+    _, model, _ = loaded("gqa2")
+    with_defaults = np.asarray(model(jnp.asarray(INPUT_IDS), attention_mask_bt=jnp.asarray(MASK)))
+    np.testing.assert_allclose(with_defaults, jax_logits(model), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
+def test_kv_cache_decoding_matches_full_forward(loaded, name):
+    _, model, _ = loaded(name)
+    full = jax_logits(model)
+    prefill = 4
+    cache = qwen2.init_cache(model.config, INPUT_IDS.shape[0], max_length=12)
+    extend = jax.jit(lambda m, ids, pos, mask, c: m.extend(ids, pos, mask, c))
+    graph_extend = lambda *a: extend(model, *a)  # noqa: E731
+    logits, cache = graph_extend(
+        jnp.asarray(INPUT_IDS[:, :prefill]), jnp.asarray(POSITIONS[:, :prefill]),
+        jnp.asarray(MASK[:, :prefill]), cache,
+    )
+    real = MASK[:, :prefill].astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], full[:, :prefill][real], atol=1e-5)
+    for t in range(prefill, INPUT_IDS.shape[1]):
+        logits, cache = graph_extend(
+            jnp.asarray(INPUT_IDS[:, t : t + 1]), jnp.asarray(POSITIONS[:, t : t + 1]),
+            jnp.asarray(MASK[:, t : t + 1]), cache,
+        )
+        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5)
+    assert int(cache.end) == INPUT_IDS.shape[1]
+
+
+@pytest.mark.parametrize(
+    "mesh_shape",
+    [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=1, tensor=8), dict(data=1, fsdp=8, tensor=1)],
+    ids=["2x2x2", "tensor8", "fsdp8"],
+)
+@pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
+def test_sharded_forward_matches_single_device(loaded, name, mesh_shape):
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    ckpt, single, reference = loaded(name)
+    mesh = sharding.make_mesh(mesh_shape)
+    model = qwen2.from_pretrained(ckpt, mesh=mesh)
+    # Every parameter lives on all 8 devices, split where its dimensions allow.
+    q = model.layers[0].attn.q_weight_dnh[...]
+    assert len(q.sharding.device_set) == 8
+    batch_sharding = sharding.named_sharding(("batch", "length"), INPUT_IDS.shape, mesh)
+    ids, pos, mask = (jax.device_put(jnp.asarray(a), batch_sharding) for a in (INPUT_IDS, POSITIONS, MASK))
+    sharded = np.asarray(jax.jit(lambda m, *a: m(*a))(model, ids, pos, mask))
+    real = MASK.astype(bool)
+    np.testing.assert_allclose(sharded[real], jax_logits(single)[real], atol=1e-5)
+    assert np.abs(sharded - reference)[real].max() <= 1e-4
+
+
+def test_bfloat16_compute_tracks_float32(loaded, tiny_checkpoint):
+    _, model32, reference = loaded("gqa2")
+    model16 = qwen2.from_pretrained(tiny_checkpoint("gqa2"), dtype=jnp.bfloat16)
+    assert model16.layers[0].mlp.up_weight_df[...].dtype == jnp.bfloat16
+    logits16 = model16(jnp.asarray(INPUT_IDS), jnp.asarray(POSITIONS), jnp.asarray(MASK))
+    assert logits16.dtype == jnp.float32  # logits always come out in float32
+    real = MASK.astype(bool)
+    diff = np.abs(np.asarray(logits16) - reference)[real]
+    assert np.isfinite(diff).all()
+    assert diff.max() < 2e-2, f"bf16 drifted {diff.max():.3e} from float32"
+    # Mixed policy: float32 master weights, bfloat16 matmuls.
+    mixed = qwen2.from_pretrained(tiny_checkpoint("gqa2"), dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    assert mixed.layers[0].mlp.up_weight_df[...].dtype == jnp.float32
+    assert np.abs(jax_logits(mixed) - jax_logits(model32))[real].max() < 5e-2
+
+
+def test_random_init_model_runs():
+    config = qwen2.Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=24, num_layers=1,
+                               num_heads=2, num_kv_heads=1, head_dim=8)
+    from flax import nnx
+
+    model = qwen2.Qwen2(config, rngs=nnx.Rngs(0))
+    logits = model(jnp.zeros((2, 5), jnp.int32))
+    assert logits.shape == (2, 5, 50)
+    assert config.num_params == sum(
+        v.get_value().size for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    )

@@ -1,0 +1,55 @@
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from disrouter_jax import sharding
+
+
+def mesh(**sizes):
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    return sharding.make_mesh(sizes)
+
+
+def test_mesh_axes_and_free_axis():
+    m = mesh(data=2, fsdp=-1, tensor=2)
+    assert m.axis_names == ("data", "fsdp", "tensor")
+    assert dict(m.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+@pytest.mark.parametrize(
+    "sizes, message",
+    [(dict(data=3, fsdp=1, tensor=1), "needs 3 devices"),
+     (dict(data=3, fsdp=-1, tensor=1), "does not divide"),
+     (dict(data=-1, fsdp=-1, tensor=1), "at most one axis"),
+     (dict(data=0, fsdp=-1, tensor=1), "invalid size")],
+)
+def test_bad_mesh_sizes_raise(sizes, message):
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    with pytest.raises(ValueError, match=message):
+        sharding.make_mesh(sizes)
+
+
+def test_qwen25_05b_heads_fall_back_to_replication_on_tensor8():
+    m = mesh(data=1, fsdp=1, tensor=8)
+    # Qwen2.5-0.5B: 14 query heads, 2 KV heads, head_dim 64, hidden 896, mlp 4864, vocab 151936.
+    assert sharding.logical_to_spec(("embed", "heads", "head_dim"), (896, 14, 64), m) == P(None, None, None)
+    assert sharding.logical_to_spec(("embed", "kv_heads", "head_dim"), (896, 2, 64), m) == P(None, None, None)
+    assert sharding.logical_to_spec(("embed", "mlp"), (896, 4864), m) == P(None, "tensor")
+    assert sharding.logical_to_spec(("vocab", "embed"), (151936, 896), m) == P("tensor", None)
+
+
+def test_batch_uses_both_data_axes_and_each_mesh_axis_once():
+    m = mesh(data=2, fsdp=2, tensor=2)
+    assert sharding.logical_to_spec(("batch", "length"), (8, 5), m) == P(("data", "fsdp"), None)
+    # Batch 2 is divisible by data only: fsdp is then dropped rather than failing.
+    assert sharding.logical_to_spec(("batch", "length"), (2, 5), m) == P("data", None)
+    # embed takes fsdp; a later dim asking for fsdp again does not get it.
+    assert sharding.logical_to_spec(("embed", "mlp"), (16, 32), m) == P("fsdp", "tensor")
+
+
+def test_unknown_logical_axis_raises():
+    m = mesh(data=2, fsdp=2, tensor=2)
+    with pytest.raises(KeyError, match="no rule"):
+        sharding.logical_to_spec(("nonsense",), (4,), m)
