@@ -54,12 +54,37 @@ def is_refusal(text: str) -> bool:
     return rest == "" or rest[0] in _REFUSAL_FOLLOWERS
 
 
+# Completions that can turn a prefix into a refusal: every suffix of every accepted spelling.
+_REFUSAL_SPELLINGS = tuple(
+    label + core
+    for label in ("", "answer: ", "final answer: ", "response: ")
+    for core in ("i don't know!", "i dont know!", "i do not know!")
+)
+_REFUSAL_COMPLETIONS = tuple(sorted({form[k:] for form in _REFUSAL_SPELLINGS for k in range(len(form) + 1)}))
+
+
+def refusal_status(prefix: str) -> str:
+    """What a partial response already tells about `is_refusal` of any continuation of it.
+
+    "refusal": every continuation is a refusal (the phrase is complete and followed by punctuation);
+    "answer": no continuation can be a refusal; "undecided": either can still happen. Lets a
+    decoder stop a refused query after a few tokens with the same policy as `is_refusal`.
+    """
+    # The policy only looks at the first non-blank character after the phrase, so two probes suffice.
+    if is_refusal(prefix + "x") and is_refusal(prefix + " x"):
+        return "refusal"
+    if any(is_refusal(prefix + completion) for completion in _REFUSAL_COMPLETIONS):
+        return "undecided"
+    return "answer"
+
+
 # ----------------------------------------------------------------------------------------- numbers
 
 # A number with optional sign, "$", thousands commas and decimals; not glued to a preceding word
 # character (so "3-4" yields 3 and 4, not -4).
-_NUMBER_RE = re.compile(r"(?<![\w.])(-)?\s?\$?\s?(-)?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\d])")
+_NUMBER_RE = re.compile(r"(?<![\w.])(-)?\\?\$?(-)?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\d])")
 _BOXED_RE = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_FRACTION_RE = re.compile(r"^\s*(-?)\s*(?:\\[dt]?frac\{(\d+)\}\{(\d+)\}|(\d+)\s*/\s*(\d+))\s*$")
 _HASHES_RE = re.compile(r"####\s*([^\n]*)")
 _ANSWER_NUMBER_RE = re.compile(
     r"answer\s*(?:is|:|=|would\s+be|will\s+be)?\s*[:=]?\s*(?:\*\*)?\s*(?:\\\(|\$\$)?\s*"
@@ -105,7 +130,14 @@ def extract_number(text: str) -> str | None:
     for pattern in (_BOXED_RE, _HASHES_RE):
         matches = pattern.findall(text)
         if matches:
-            numbers = _numbers_in(matches[-1].replace("\\!", ""))
+            content = matches[-1].replace("\\!", "")
+            fraction = _FRACTION_RE.match(content)
+            if fraction:
+                sign, *parts = fraction.groups()
+                numerator, denominator = (float(p) for p in parts if p is not None)
+                if denominator:
+                    return canonical_number((-1.0 if sign else 1.0) * numerator / denominator)
+            numbers = _numbers_in(content)
             if numbers:
                 return canonical_number(float(numbers[0]))
     answer_matches = list(_ANSWER_NUMBER_RE.finditer(text))
@@ -117,10 +149,10 @@ def extract_number(text: str) -> str | None:
     return canonical_number(float(numbers[-1])) if numbers else None
 
 
-def numbers_equal(a: str, b: str, *, tol: float = 1e-6) -> bool:
-    """Numeric equality of two number strings (absolute/relative tolerance `tol`)."""
+def numbers_equal(a: str, b: str, *, abs_tol: float = 1e-6) -> bool:
+    """Numeric equality of two number strings, up to float noise (so 1450001 != 1450000)."""
     va, vb = parse_number(a), parse_number(b)
-    return va is not None and vb is not None and math.isclose(va, vb, rel_tol=tol, abs_tol=tol)
+    return va is not None and vb is not None and math.isclose(va, vb, rel_tol=1e-12, abs_tol=abs_tol)
 
 
 def check_number(response: str, gold: str) -> Verdict:
@@ -133,22 +165,30 @@ def check_number(response: str, gold: str) -> Verdict:
 
 # ----------------------------------------------------------------------------------- choice letters
 
-_L = r"[\(\[]?\s*(?P<letter>[A-Z])\s*[\)\]]?(?![\w'])"
-# Explicit final-answer statements. The keyword is case-insensitive, the letter must be a capital.
-_ANSWER_LETTER_RES = (
-    re.compile(r"\\boxed\s*\{\s*(?:\\text\{\s*)?(?P<letter>[A-Z])\b"),
-    re.compile(
-        r"(?i:answer|choice|option)\s*(?i:is|would\s+be|should\s+be|will\s+be|=|:|-)?\s*:?\s*"
-        r"(?i:option|choice|letter)?\s*:?\s*\**\s*" + _L
+# A capital letter, optionally bracketed, standing alone ("B", "(B)", "[B]"); "I think ..." is not "I".
+_L = r"[\(\[]?\s*(?P<letter>[A-Z])\s*[\)\]]?(?![\w'])(?!(?<=I)\s+(?:think|believe|guess|suppose|would|am)\b)"
+# Tiers of evidence, strongest first; within a tier the last mention wins (models reason about
+# wrong options before stating their final choice).
+_CHOICE_TIERS = (
+    (re.compile(r"\\boxed\s*\{\s*(?:\\text\{\s*)?(?P<letter>[A-Z])\b"),),
+    (
+        re.compile(
+            # "answer is B", "Answer: B", "the answer to this question is (B)", "correct option - B"
+            r"(?i:answer|(?:correct|right|best|final)\s+(?:option|choice))"
+            r"(?:(?:\s+[\w']+){0,5}?\s+(?i:is|would\s+be|should\s+be|will\s+be)|\s*[=:\-])?"
+            r"\s*:?\s*(?i:option|choice|letter)?\s*:?\s*\**\s*" + _L
+        ),
+        re.compile(r"(?i:i\s+(?:would\s+|will\s+|'ll\s+|'d\s+)?(?:choose|pick|select|go\s+with))\s*(?i:option|choice)?\s*\**\s*" + _L),
     ),
-    re.compile(r"(?i:i\s+(?:would\s+|will\s+|'ll\s+|'d\s+)?(?:choose|pick|select|go\s+with))\s*(?i:option|choice)?\s*\**\s*" + _L),
+    (
+        re.compile(
+            r"(?<![\w])(?i:option\s+|choice\s+)?[\(\[]?(?P<letter>[A-Z])[\)\]]?\s+"
+            r"(?i:is\s+(?:the\s+)?(?:(?:correct|right|best|true)(?:\s+(?:answer|option|choice))?|answer)\b)"
+        ),
+    ),
 )
-# Only when no explicit statement exists do these weaker "option X is correct" forms count.
-_OPTION_CORRECT_RE = re.compile(
-    r"(?i:option|choice)?\s*[\(\[]?(?P<letter>[A-Z])[\)\]]?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best|true))"
-)
-_BARE_LETTER_RE = re.compile(r"^[\(\[]?\s*(?P<letter>[A-Z])\s*[\)\]]?[.:]?$")
-_LEADING_LETTER_RE = re.compile(r"^(?:[\(\[]\s*(?P<a>[A-Z])\s*[\)\]]|(?P<b>[A-Z])\s*[\).:]|(?P<c>[A-Z])\s+-\s)")
+_BARE_LETTER_RE = re.compile(r"^[\(\[]?\s*(?P<letter>[A-Za-z])\s*[\)\]]?[.:]?$")
+_LEADING_LETTER_RE = re.compile(r"^(?:[\(\[]\s*(?P<a>[A-Z])\s*[\)\]]|(?P<b>[A-Z])\s*[\).:]|(?P<c>[A-Z])\s+-\s|(?P<d>[A-Z])$)")
 _PAREN_LETTER_RE = re.compile(r"\((?P<letter>[A-Z])\)")
 
 
@@ -184,21 +224,24 @@ def extract_choice(text: str, options: Sequence[str]) -> str | None:
     """
     valid = OPTION_LETTERS[: len(options)]
     text = _clean_for_letters(text)
-    for pattern in _ANSWER_LETTER_RES:
-        letters = [m.group("letter") for m in pattern.finditer(text)]
+    for tier in _CHOICE_TIERS:
+        # Order by position across the tier's patterns, then prefer the last in-range letter; an
+        # out-of-range one is returned only when nothing in range was stated.
+        positioned = sorted((m.start(), m.group("letter")) for pattern in tier for m in pattern.finditer(text))
+        letters = [letter for _, letter in positioned]
         if letters:
-            return letters[-1]
-    in_range = [m.group("letter") for m in _OPTION_CORRECT_RE.finditer(text) if m.group("letter") in valid]
-    if in_range:
-        return in_range[-1]
+            in_range = [letter for letter in letters if letter in valid]
+            return in_range[-1] if in_range else letters[-1]
     bare = _BARE_LETTER_RE.match(text.strip(" .\"'`"))
-    if bare:
-        return bare.group("letter")
+    # A lone capital is a choice even out of range; a lone lowercase letter only when in range
+    # (an option's text may itself be a single letter, e.g. "s.").
+    if bare and (bare.group("letter").isupper() or bare.group("letter").upper() in valid):
+        return bare.group("letter").upper()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in (lines[0], lines[-1]) if lines else ():
-        lead = _LEADING_LETTER_RE.match(line)
-        if lead and _letter(lead) in valid:
-            return _letter(lead)
+    leads = {_letter(m) for line in (lines[:1] + lines[-1:]) if (m := _LEADING_LETTER_RE.match(line))}
+    leads &= set(valid)
+    if len(leads) == 1:
+        return leads.pop()
     by_text = _letter_by_option_text(text, options)
     if by_text:
         return by_text
