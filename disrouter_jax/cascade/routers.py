@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,12 @@ def fit_scorer(x_nf: np.ndarray, y_nk: np.ndarray, mask_nk: Optional[np.ndarray]
     mean_f = x_nf.mean(axis=0)
     std_f = np.where(x_nf.std(axis=0) > 1e-6, x_nf.std(axis=0), 1.0).astype(np.float32)
     params = _init_params(jax.random.key(config.seed), x_nf.shape[1], y_nk.shape[1], config.hidden_size)
-    params, loss_s = _train(params, jnp.asarray((x_nf - mean_f) / std_f), jnp.asarray(y_nk), jnp.asarray(mask_nk),
+    # Pad the rows to a power of two (masked out) so that fits on similar sizes share one program.
+    padded = max(64, 1 << (x_nf.shape[0] - 1).bit_length())
+    pad = ((0, padded - x_nf.shape[0]), (0, 0))
+    x_nf = np.pad((x_nf - mean_f) / std_f, pad)
+    y_nk, mask_nk = np.pad(y_nk, pad), np.pad(mask_nk, pad)
+    params, loss_s = _train(params, jnp.asarray(x_nf), jnp.asarray(y_nk), jnp.asarray(mask_nk),
                             steps=config.steps, learning_rate=float(config.learning_rate),
                             weight_decay=float(config.weight_decay))
     return FittedScorer(mean_f, std_f, jax.tree.map(np.asarray, params), float(loss_s[-1]))
@@ -353,7 +358,7 @@ def query_features_for(rows: Sequence[OutcomeRow], keys: Sequence[tuple[str, str
     if features_qd.ndim != 2 or features_qd.shape[0] != len(keys):
         raise ValueError(f"query_features_for: features_qd must be [len(keys)={len(keys)}, D], got {features_qd.shape}")
     position = {tuple(k): i for i, k in enumerate(keys)}
-    missing = [row.query_key for row in rows if row.query_key not in position]
+    missing = sorted({row.query_key for row in rows if row.query_key not in position})
     if missing:
         raise ValueError(f"query_features_for: no features for {len(missing)} queries, e.g. {missing[:3]}")
     return features_qd[[position[row.query_key] for row in rows]]

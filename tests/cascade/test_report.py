@@ -1,0 +1,107 @@
+"""report.json, its recomputation from routing_log.jsonl, plots and the terminal table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from disrouter_jax.cascade import log, replay, report, routers
+from tests.cascade.hand_tables import COSTS, POOL, cascade_log_alpha05, oracle_log_alpha05, outcome_rows
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _records():
+    """Cascade + every label-free baseline at alpha 0.2 and 0.5 on the hand-built table."""
+    return replay.replay_all(outcome_rows(0.5) + outcome_rows(0.2), POOL, COSTS, seed=0)
+
+
+def test_report_figures_match_hand_arithmetic():
+    built = report.build_report(cascade_log_alpha05() + oracle_log_alpha05(), POOL, COSTS, meta={"run": "hand"})
+    assert built["alphas"] == ["0.5"]
+    assert built["methods"] == ["disrouter", "oracle"]
+    assert built["groups"] == ["all", "in_domain", "out_of_domain", "dataset:gsm8k", "dataset:squad"]
+    cascade = built["results"]["0.5"]["all"]["disrouter"]
+    assert cascade["utility"] == pytest.approx(0.2)  # 0.5 - 0.5 * 0.6
+    assert cascade["pct_oracle_utility"] == pytest.approx(40.0)  # 0.2 / 0.5
+    assert built["results"]["0.5"]["in_domain"]["disrouter"]["utility"] == pytest.approx(0.35)
+    assert built["results"]["0.5"]["all"]["oracle"]["pct_oracle_utility"] == pytest.approx(100.0)
+    assert built["meta"] == {"run": "hand"}
+
+
+def test_every_report_figure_is_recomputable_from_the_routing_log(tmp_path):
+    records = _records()
+    built = report.build_report(records, POOL, COSTS, meta={"seed": 0})
+    log.write_routing_log(tmp_path / report.ROUTING_LOG_FILE, records)
+    written = report.read_report(report.write_report(tmp_path, built))
+    assert written == built  # JSON round trip is lossless
+    assert report.recompute_report(tmp_path / report.ROUTING_LOG_FILE, written) == written
+    assert set(written["methods"]) == {"disrouter", "smallest", "largest", "random_uniform",
+                                       "random_cost_matched", "oracle"}
+    # every method gets the same oracle figures on the same queries
+    for key in written["alphas"]:
+        for group, methods in written["results"][key].items():
+            assert len({m["oracle_utility"] for m in methods.values()}) == 1, (key, group)
+
+
+def test_report_includes_router_records_on_their_own_queries():
+    rows = outcome_rows(0.5)
+    features_rd = np.array([[1.0, 1, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0]])
+    router = routers.ClassifierRouter(POOL, COSTS, routers.ScorerConfig(steps=50)).fit(rows, features_rd)
+    routed = router.route(rows[:2], features_rd[:2])  # evaluated on two queries only
+    built = report.build_report(_records() + routed, POOL, COSTS)
+    figures = built["results"]["0.5"]["all"]["classifier_router"]
+    assert figures["n"] == 2
+    # its oracle is the oracle of q1 and q2 only: both right, costs 0.1 and 0.9 -> 1 - 0.5 * 0.5
+    assert figures["oracle_utility"] == pytest.approx(0.75)
+    assert built["methods"][:2] == ["disrouter", "classifier_router"]
+
+
+def test_write_report_never_silently_overwrites(tmp_path):
+    first = report.build_report(cascade_log_alpha05(), POOL, COSTS, meta={"version": 1})
+    second = report.build_report(cascade_log_alpha05(), POOL, COSTS, meta={"version": 2})
+    path = report.write_report(tmp_path, first)
+    report.write_report(tmp_path, first)  # identical: nothing to keep
+    assert not list(tmp_path.glob("report.prev-*.json"))
+    report.write_report(tmp_path, second)
+    report.write_report(tmp_path, first)
+    assert report.read_report(path)["meta"] == {"version": 1}
+    assert json.loads((tmp_path / "report.prev-001.json").read_text())["meta"] == {"version": 1}
+    assert json.loads((tmp_path / "report.prev-002.json").read_text())["meta"] == {"version": 2}
+    assert not list(tmp_path.glob(".report.json.tmp-*"))
+
+
+def test_read_report_rejects_other_files(tmp_path):
+    (tmp_path / "report.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="field 'format'"):
+        report.read_report(tmp_path / "report.json")
+
+
+def test_build_report_rejects_duplicates():
+    records = cascade_log_alpha05()
+    with pytest.raises(ValueError, match="duplicate record"):
+        report.build_report(records + records[:1], POOL, COSTS)
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    import matplotlib.image
+
+    built = report.build_report(_records(), POOL, COSTS)
+    paths = report.write_plots(tmp_path, built)
+    assert [p.name for p in paths] == list(report.PLOT_FILES)
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_summary_table_lists_every_method_and_value():
+    built = report.build_report(_records(), POOL, COSTS)
+    table = report.format_summary_table(built)
+    assert "[all] alpha = 0.5" in table and "[out_of_domain] alpha = 0.2" in table
+    for method in built["methods"]:
+        assert method in table
+    cascade_line = next(line for line in table.splitlines()[table.splitlines().index("[all] alpha = 0.5"):]
+                        if line.startswith("disrouter"))
+    # accuracy 0.5, cost 0.6, utility 0.2, 40 % of the oracle, 1 forced refusal, 4 queries
+    assert cascade_line.split() == ["disrouter", "0.500", "0.600", "0.200", "40.0", "1", "4"]
