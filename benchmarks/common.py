@@ -1,0 +1,93 @@
+"""Pieces every benchmark shares: random checkpoints, device peaks, timing, result files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+# Dense bfloat16 peak FLOP/s by substring of jax's device_kind (vendor spec sheets, no sparsity).
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    tie_word_embeddings: bool = False
+
+
+TINY = ModelShape(4096, 128, 384, 2, 4, 2)
+MID = ModelShape(32000, 512, 1536, 8, 8, 2)
+# Qwen2.5-0.5B's architecture (random weights: no download needed).
+QWEN25_05B = ModelShape(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True)
+SHAPES = {"tiny": TINY, "mid": MID, "qwen2.5-0.5b": QWEN25_05B}
+
+
+def lookup(table, device_kind: str):
+    for key, value in table:
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
+def build_checkpoint(shape: ModelShape, out_dir: Path, seed: int = 0) -> Path:
+    """A random transformers Qwen2ForCausalLM saved as safetensors (float32)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**dataclasses.asdict(shape))).eval()
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def environment() -> dict:
+    import jax
+    import torch
+
+    device = jax.devices()[0]
+    return {
+        "jax_backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def write_result(result: dict, output: str | Path) -> Path:
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

@@ -1,0 +1,240 @@
+"""Config -> agents -> Self-Awareness Training, per agent and independently, under one workdir.
+
+Workdir layout (everything a run writes)::
+
+    <workdir>/pool/                      the toy pool (``:toy`` configs), built once and reused
+    <workdir>/agents/<name>/labels/      stage 1: labels.jsonl
+    <workdir>/agents/<name>/sft/         stage 2: checkpoints/, metrics.jsonl, tensorboard/, export/
+    <workdir>/agents/<name>/rl/          stage 3: same layout
+    <workdir>/agents/<name>/final/       the trained agent: a Hugging Face directory (LoRA merged)
+
+Each stage is skipped when its DONE marker exists and resumes from its last checkpoint otherwise,
+so running the same command again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import ml_collections
+from flax import nnx
+
+from disrouter_jax import agents as agents_lib
+from disrouter_jax import sharding as sharding_lib
+from disrouter_jax.agents import Agent, AgentSpec
+from disrouter_jax.models import hf_io, qwen2
+from disrouter_jax.selfaware.labeling import LabelConfig, run_labelling
+from disrouter_jax.tasks.example import Example
+from disrouter_jax.tasks.mixture import build_mixture
+from disrouter_jax.tasks.registry import load_task
+from disrouter_jax.training import loop as loop_lib
+from disrouter_jax.training.lora import LoRAConfig, LoRAParam, apply_lora, merge_lora
+from disrouter_jax.training.optim import OptimConfig
+from disrouter_jax.training.rl import RLConfig, make_rl_step
+from disrouter_jax.training.rl_stage import RolloutConfig, rl_batch_fn
+from disrouter_jax.training.sft import make_sft_step
+from disrouter_jax.training.sft_stage import build_sft_data, sft_batch_fn
+from disrouter_jax.training.state import create_train_state
+
+logger = logging.getLogger(__name__)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
+
+
+# ------------------------------------------------------------------------------------ agents
+
+
+def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[AgentSpec]:
+    """The agents in cascade order: the toy pool (built or reused) or the configured ones."""
+    if config.pool.toy:
+        from disrouter_jax.toy import pool as toy_pool
+
+        pool_dir = Path(config.pool.dir or Path(workdir) / "pool")
+        pool_config = toy_pool.PoolConfig.reduced() if config.pool.reduced else toy_pool.PoolConfig()
+        pool = toy_pool.build_pool(pool_dir, pool_config, progress=config.progress)
+        return [AgentSpec(a.name, str(a.path), a.cost) for a in pool.agents]
+    if not config.pool.agents:
+        raise ValueError("config.pool.agents is empty: list the agents (name, path, cost) in cascade order")
+    return [AgentSpec.from_dict(a, where=f"config.pool.agents[{i}]") for i, a in enumerate(config.pool.agents)]
+
+
+def agents_to_train(config, specs: list[AgentSpec]) -> list[AgentSpec]:
+    return specs if config.pool.train_last_agent else specs[:-1]
+
+
+def final_dir(workdir: str | Path, name: str) -> Path:
+    return Path(workdir) / "agents" / name / "final"
+
+
+def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpec]:
+    """Runs (or reuses) Self-Awareness Training for every agent; specs point at trained exports."""
+    specs = ensure_pool(config, workdir)
+    trained = {s.name for s in agents_to_train(config, specs)}
+    out = []
+    for spec in specs:
+        if spec.name in trained:
+            path = train_agent(config, spec, workdir, mesh=mesh)
+            out.append(AgentSpec(spec.name, str(path), spec.cost, spec.devices, spec.mesh))
+        else:
+            out.append(spec)
+    return out
+
+
+# -------------------------------------------------------------------------------------- data
+
+
+def training_examples(config) -> list[Example]:
+    """The training queries: each configured task's train split, capped per task, shuffled."""
+    by_task = {}
+    for name in config.data.train_tasks:
+        path = Path(config.data.dir) / name if config.data.dir else None
+        by_task[name] = load_task(name, path=path, split="train")
+    cap = config.data.train_per_task or None
+    mixture = build_mixture(by_task, seed=config.seed, train_per_task=cap, eval_per_task=0)
+    return list(mixture.train)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def _optim(stage_cfg, total_steps: int) -> OptimConfig:
+    return OptimConfig(
+        learning_rate=stage_cfg.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=min(stage_cfg.warmup_steps, max(total_steps - 1, 0)),
+        weight_decay=stage_cfg.get("weight_decay", 0.0),
+        max_grad_norm=stage_cfg.max_grad_norm,
+        num_microbatches=stage_cfg.get("grad_accum", 1),
+    )
+
+
+def _loop_cfg(config, total_steps: int) -> loop_lib.LoopConfig:
+    return loop_lib.LoopConfig(
+        total_steps=total_steps,
+        checkpoint_every=config.checkpoint.every_steps,
+        max_to_keep=config.checkpoint.max_to_keep,
+        log_every=config.log_every_steps,
+        progress=config.progress,
+    )
+
+
+def _train_state(config, model, optim: OptimConfig):
+    if config.lora.enabled:
+        lora = apply_lora(model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha))
+        return create_train_state(lora, optim, wrt=LoRAParam)
+    return create_train_state(model, optim, wrt=nnx.Param)
+
+
+def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
+    """Writes the trained weights (LoRA merged) plus the source's tokenizer/generation files."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    qwen2.save_pretrained(merge_lora(model), tmp)
+    if jax.process_index() == 0:
+        for item in hf_io.resolve_checkpoint_dir(source_dir).iterdir():
+            if item.is_file() and item.name not in WEIGHT_FILES and not item.name.endswith(".safetensors"):
+                shutil.copy2(item, tmp / item.name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    return out_dir
+
+
+def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path:
+    """Label -> SFT -> RL for one agent; returns the directory of the trained agent."""
+    agent_dir = Path(workdir) / "agents" / spec.name
+    final = agent_dir / "final"
+    if (final / "config.json").is_file():
+        logger.info("%s: trained agent found at %s", spec.name, final)
+        return final
+    load = lambda path=None: agents_lib.load_agent(  # noqa: E731
+        spec, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh, path=path)
+    agent = load()
+    examples = training_examples(config)
+    current = Path(spec.path)
+
+    if "label" in config.stages or "sft" in config.stages:
+        label_cfg = LabelConfig(
+            num_samples=config.label.num_samples, temperature=config.label.temperature,
+            top_p=config.label.top_p, max_new_tokens=config.label.max_new_tokens,
+            batch_size=config.label.batch_size, seed=config.seed,
+        )
+        records = run_labelling(agent, examples, agent_dir / "labels", label_cfg, progress=config.progress)
+        _write_label_summary(agent_dir / "labels", records)
+
+    if "sft" in config.stages:
+        sft_dir = agent_dir / "sft"
+        if not loop_lib.is_done(sft_dir) or not (sft_dir / "export" / "config.json").is_file():
+            data = build_sft_data(
+                agent, records, alphas=tuple(config.alphas), num_examples=config.sft.num_examples,
+                balance=config.sft.balance, max_len=max(config.sft.length_buckets), seed=config.seed,
+            )
+            logger.info("%s: %d SFT examples, %.0f%% answer targets", spec.name, len(data.examples),
+                        100 * data.accept_fraction)
+            optim = _optim(config.sft, config.sft.steps)
+            state = _train_state(config, agent.model, optim)
+            make_batch = sft_batch_fn(data, batch_size=config.sft.batch_size,
+                                      length_buckets=tuple(config.sft.length_buckets),
+                                      pad_id=_pad_id(agent), seed=config.seed)
+            state = loop_lib.run_loop(f"{spec.name} sft", state, make_sft_step(optim), make_batch,
+                                      sft_dir, _loop_cfg(config, config.sft.steps))
+            export_agent(state.model(), spec.path, sft_dir / "export")
+        current = sft_dir / "export"
+
+    if "rl" in config.stages:
+        rl_dir = agent_dir / "rl"
+        if not loop_lib.is_done(rl_dir) or not (rl_dir / "export" / "config.json").is_file():
+            agent = load(current)
+            reference = None
+            if config.rl.kl_coef > 0:
+                reference = load(current).model
+            rollout_cfg = RolloutConfig(
+                prompts_per_step=config.rl.prompts_per_step, group_size=config.rl.group_size,
+                alphas=tuple(config.alphas), gamma=config.rl.gamma, temperature=config.rl.temperature,
+                max_new_tokens=config.rl.max_new_tokens,
+                normalize_advantages=config.rl.normalize_advantages,
+                length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
+            )
+            optim = _optim(config.rl, config.rl.steps)
+            state = _train_state(config, agent.model, optim)
+            make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
+                                     reference_model=reference)
+            step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef))
+            state = loop_lib.run_loop(f"{spec.name} rl", state, step, make_batch, rl_dir,
+                                      _loop_cfg(config, config.rl.steps))
+            export_agent(state.model(), spec.path, rl_dir / "export")
+        current = rl_dir / "export"
+
+    if current == Path(spec.path):
+        raise ValueError(f"config.stages={tuple(config.stages)} trains nothing: include 'sft' and/or 'rl'")
+    _copy_tree(current, final)
+    return final
+
+
+def _pad_id(agent: Agent) -> int:
+    pad = agent.tokenizer.pad_token_id
+    return int(pad if pad is not None else agent.tokenizer.eos_token_id)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+
+
+def _write_label_summary(label_dir: Path, records) -> None:
+    p = [r.p_correct for r in records]
+    summary = {"queries": len(records), "mean_p_correct": sum(p) / max(len(p), 1),
+               "never_correct": sum(x == 0 for x in p), "always_correct": sum(x == 1 for x in p)}
+    (label_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def make_mesh_from_config(config):
+    return sharding_lib.make_mesh(dict(config.mesh))
