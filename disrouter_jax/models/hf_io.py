@@ -240,6 +240,12 @@ def save_pretrained(
     config = model.config
     existing = [p.name for p in (out_dir / "config.json", out_dir / SINGLE_FILE, out_dir / INDEX_FILE)
                 if p.exists()]
+    if jax.process_count() > 1:
+        # Process 0 decides: another process could otherwise see files process 0 just wrote.
+        from jax.experimental import multihost_utils
+
+        found = int(multihost_utils.broadcast_one_to_all(np.int32(bool(existing))))
+        existing = existing if jax.process_index() == 0 else (["a checkpoint"] if found else [])
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds a checkpoint ({', '.join(existing)}); "
                               "pass overwrite=True to replace it")
@@ -288,6 +294,10 @@ def save_pretrained(
         saved_dtype = out_dtype(next(iter(variables.values())))
         hf_config["torch_dtype"] = "bfloat16" if saved_dtype == jnp.bfloat16 else saved_dtype.name
         _write_json(out_dir / "config.json", hf_config)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"save_pretrained:{out_dir}")
     return out_dir
 
 
