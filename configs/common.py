@@ -79,7 +79,7 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.sft.warmup_steps = 10 if setup == "toy" else 50
     c.sft.weight_decay = 0.0
     c.sft.max_grad_norm = 1.0
-    c.sft.length_buckets = (64, 128) if setup == "toy" else (256, 512, 1024, 2048)
+    c.sft.length_buckets = (128, 256) if setup == "toy" else (256, 512, 1024, 2048)
 
     # Stage 3: scenario-conditioned policy gradient.
     c.rl = ml_collections.ConfigDict()

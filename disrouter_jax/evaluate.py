@@ -46,8 +46,11 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+
+from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
+from disrouter_jax import distributed, pipeline
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -100,27 +103,12 @@ def place_agents(specs: Sequence[AgentSpec], eval_cfg, num_devices: int) -> list
 # ----------------------------------------------------------------------------- queries
 
 
-def _task_path(config, name: str, workdir: Path):
-    """Local files of task ``name``: ``data.dir/<name>``; for the toy pool, the directory the pool
-    wrote its tasks to; otherwise ``None`` (the Hugging Face Hub)."""
-    if config.data.dir:
-        return Path(config.data.dir) / name
-    if config.pool.toy:
-        from disrouter_jax.toy import pool as toy_pool
-
-        task_dirs = toy_pool.load_pool(config.pool.dir or workdir / "pool").task_dirs
-        if name not in task_dirs:
-            raise ValueError(f"task {name!r} is not a toy pool task; the pool has {sorted(task_dirs)}")
-        return task_dirs[name]
-    return None
-
-
 def evaluation_queries(config, workdir: Path) -> list[engine.Query]:
     """Each evaluation task's default evaluation split (``data.eval_per_task`` per task, 0 = all,
     shuffled from the seed); ``data.out_of_domain`` tasks form the out-of-domain group."""
     ood = list(config.data.out_of_domain)
     names = list(dict.fromkeys(list(config.data.eval_tasks) + ood))
-    by_task = {name: load_task(name, path=_task_path(config, name, workdir)) for name in names}
+    by_task = {name: load_task(name, path=pipeline.task_path(config, name, workdir)) for name in names}
     cap = config.data.eval_per_task or None
     mixture = build_mixture(by_task, seed=config.seed, train_per_task=0,
                             eval_per_task={n: cap or len(e) for n, e in by_task.items()},
@@ -130,7 +118,7 @@ def evaluation_queries(config, workdir: Path) -> list[engine.Query]:
 
 def training_queries(config, workdir: Path, per_task: int) -> list[engine.Query]:
     """Up to ``per_task`` queries of each training task's train split (seeded shuffle)."""
-    by_task = {name: load_task(name, path=_task_path(config, name, workdir), split="train")
+    by_task = {name: load_task(name, path=pipeline.task_path(config, name, workdir), split="train")
                for name in config.data.train_tasks}
     mixture = build_mixture(by_task, seed=config.seed + 1, train_per_task=per_task or None, eval_per_task=0)
     return [engine.Query(e, IN_DOMAIN) for e in mixture.train]
@@ -215,7 +203,6 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     untrained pool) default to ``pipeline.ensure_trained_pool`` / ``pipeline.ensure_pool``."""
     import jax
 
-    from disrouter_jax import distributed, pipeline
 
     e = config.eval
     workdir = Path(workdir)
@@ -431,14 +418,13 @@ def main(argv) -> None:
 
 def run_cli(flag_values: flags.FlagValues) -> dict:
     """The command: evaluation (or replay mode) from parsed flags; prints the summary table."""
-    from disrouter_jax import distributed, pipeline
 
     distributed.initialize()
     config = flag_values.config
     config_arg = flag_values["config"].config_filename
     workdir = Path(flag_values.workdir or Path("workdir") / ("eval_" + (config_arg.partition(":")[2] or "paper")))
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     if config.eval.replay_pool:
         built = run_replay(config, workdir, config.eval.replay_pool)
         out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)

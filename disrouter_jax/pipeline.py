@@ -47,18 +47,38 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.jso
 # ------------------------------------------------------------------------------------ agents
 
 
+def toy_pool_dir(config, workdir: str | Path) -> Path:
+    return Path(config.pool.dir or Path(workdir) / "pool")
+
+
 def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[AgentSpec]:
     """The agents in cascade order: the toy pool (built or reused) or the configured ones."""
     if config.pool.toy:
         from disrouter_jax.toy import pool as toy_pool
+        from disrouter_jax.toy import tasks as _toy_tasks  # noqa: F401  (registers the toy tasks)
 
-        pool_dir = Path(config.pool.dir or Path(workdir) / "pool")
-        pool_config = toy_pool.PoolConfig.reduced() if config.pool.reduced else toy_pool.PoolConfig()
-        pool = toy_pool.build_pool(pool_dir, pool_config, progress=config.progress)
+        make = toy_pool.PoolConfig.reduced if config.pool.reduced else toy_pool.PoolConfig.default
+        pool = toy_pool.build_pool(toy_pool_dir(config, workdir), make(seed=config.seed),
+                                   progress=config.progress)
         return [AgentSpec(a.name, str(a.path), a.cost) for a in pool.agents]
     if not config.pool.agents:
         raise ValueError("config.pool.agents is empty: list the agents (name, path, cost) in cascade order")
     return [AgentSpec.from_dict(a, where=f"config.pool.agents[{i}]") for i, a in enumerate(config.pool.agents)]
+
+
+def task_path(config, name: str, workdir: str | Path) -> Path | None:
+    """Local files of task ``name``: ``data.dir/<name>``; for the toy pool, the directory the pool
+    wrote its tasks to; otherwise ``None`` (the Hugging Face Hub)."""
+    if config.data.dir:
+        return Path(config.data.dir) / name
+    if config.pool.toy:
+        from disrouter_jax.toy import pool as toy_pool
+
+        task_dirs = toy_pool.load_pool(toy_pool_dir(config, workdir)).task_dirs
+        if name not in task_dirs:
+            raise ValueError(f"task {name!r} is not a toy pool task; the pool has {sorted(task_dirs)}")
+        return task_dirs[name]
+    return None
 
 
 def agents_to_train(config, specs: list[AgentSpec]) -> list[AgentSpec]:
@@ -86,12 +106,10 @@ def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpe
 # -------------------------------------------------------------------------------------- data
 
 
-def training_examples(config) -> list[Example]:
+def training_examples(config, workdir: str | Path) -> list[Example]:
     """The training queries: each configured task's train split, capped per task, shuffled."""
-    by_task = {}
-    for name in config.data.train_tasks:
-        path = Path(config.data.dir) / name if config.data.dir else None
-        by_task[name] = load_task(name, path=path, split="train")
+    by_task = {name: load_task(name, path=task_path(config, name, workdir), split="train")
+               for name in config.data.train_tasks}
     cap = config.data.train_per_task or None
     mixture = build_mixture(by_task, seed=config.seed, train_per_task=cap, eval_per_task=0)
     return list(mixture.train)
@@ -155,7 +173,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
     load = lambda path=None: agents_lib.load_agent(  # noqa: E731
         spec, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh, path=path)
     agent = load()
-    examples = training_examples(config)
+    examples = training_examples(config, workdir)
     current = Path(spec.path)
 
     if "label" in config.stages or "sft" in config.stages:

@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 
 from absl import app, flags
+
+from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:toy]).",
@@ -34,7 +36,7 @@ def main(argv):
     config_arg = flags.FLAGS["config"].config_filename
     workdir = Path(_WORKDIR.value or default_workdir(config_arg, config_arg.partition(":")[2] or None))
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging()
     mesh = pipeline.make_mesh_from_config(config)
     trained = pipeline.ensure_trained_pool(config, workdir, mesh=mesh)
     for spec in trained:
