@@ -238,12 +238,29 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
                 len(fit_queries), alphas)
 
     started = time.perf_counter()
+    multi_process = jax.process_count() > 1
+    if multi_process:
+        # Data parallel over hosts: every host holds the whole pool on its own devices and runs
+        # its block of queries; results are gathered in query order (distributed.map_over_processes).
+        mesh = distributed.local_mesh(dict(config.mesh))
     agents = [load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in specs]
-    store = ReplyStore(workdir / "eval" / "replies")
-    replies = engine.all_agents_replies(agents, queries, alphas, engine_cfg, forced=True, store=store)
+    store = None if multi_process else ReplyStore(workdir / "eval" / "replies")
+
+    def all_replies(qs, modes_alphas):
+        if not multi_process:
+            return engine.all_agents_replies(agents, qs, modes_alphas, engine_cfg, forced=True, store=store)
+
+        def per_query(block):
+            reps = engine.all_agents_replies(agents, block, modes_alphas, engine_cfg, forced=True)
+            return [{m: {a: r[i] for a, r in by_agent.items()} for m, by_agent in reps.items()}
+                    for i in range(len(block))]
+
+        rows = distributed.map_over_processes(per_query, qs)
+        return {m: {a: [row[m][a] for row in rows] for a in rows[0][m]} for m in rows[0]}
+
+    replies = all_replies(queries, alphas)
     fit_alphas = alphas if e.baseline_replies == "scenario" else ()
-    fit_replies = engine.all_agents_replies(agents, fit_queries, fit_alphas, engine_cfg, forced=True, store=store) \
-        if fit_queries else {}
+    fit_replies = all_replies(fit_queries, fit_alphas) if fit_queries else {}
     timings["all_agents_s"] = time.perf_counter() - started
 
     def tables(qs, reps):
@@ -281,9 +298,14 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         if all(r.key in logged for r in replay_rows):
             cascade_records += [logged[r.key] for r in replay_rows]
             continue
-        run = engine.Cascade(agents, engine_cfg).run(queries, alpha)
-        engine_stats[engine.mode_key(alpha)] = {"pipelined": run.pipelined, "agents": run.stats(pool)}
-        cascade_records += [methods.with_forced_labels(r, plain_index) for r in run.records]
+        if multi_process:
+            run_records = distributed.map_over_processes(
+                lambda block, alpha=alpha: engine.Cascade(agents, engine_cfg).run(block, alpha).records, queries)
+        else:
+            run = engine.Cascade(agents, engine_cfg).run(queries, alpha)
+            engine_stats[engine.mode_key(alpha)] = {"pipelined": run.pipelined, "agents": run.stats(pool)}
+            run_records = run.records
+        cascade_records += [methods.with_forced_labels(r, plain_index) for r in run_records]
     timings["cascade_s"] = time.perf_counter() - started
     if writer and e.run_cascade:
         stats_path.write_text(json.dumps(engine_stats, indent=2) + "\n")
