@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import harness  # noqa: E402
 
 
 def flops_per_step(config, batch: int, length: int) -> float:
@@ -121,7 +121,7 @@ class TorchTrainer:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="tiny,mid", help=f"comma list of {sorted(common.SHAPES)}")
+    parser.add_argument("--sizes", default="tiny,mid", help=f"comma list of {sorted(harness.SHAPES)}")
     parser.add_argument("--kinds", default="sft,rl")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", default=str(common.RESULTS_DIR / "train_step.json"))
+    parser.add_argument("--output", default=str(harness.RESULTS_DIR / "train_step.json"))
     args = parser.parse_args(argv)
 
     import jax
@@ -139,19 +139,19 @@ def main(argv=None) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-    env = common.environment()
-    peak = common.lookup(common.PEAK_BF16_FLOPS, env["device_kind"]) if env["jax_backend"] != "cpu" else None
+    env = harness.environment()
+    peak = harness.lookup(harness.PEAK_BF16_FLOPS, env["device_kind"]) if env["jax_backend"] != "cpu" else None
     tokens = args.batch * args.length
     rows = []
     for size in args.sizes.split(","):
-        shape = common.SHAPES[size]
+        shape = harness.SHAPES[size]
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = common.build_checkpoint(shape, Path(tmp) / "ckpt")
+            ckpt = harness.build_checkpoint(shape, Path(tmp) / "ckpt")
             arrays = make_batch(args.batch, args.length, shape.vocab_size)
             for kind in args.kinds.split(","):
                 ours = JaxTrainer(ckpt, args.dtype, kind, arrays)
                 ours.run(2)  # compile + one warm step
-                t_jax = common.best_time(lambda: ours.run(args.steps), args.repeats) / args.steps
+                t_jax = harness.best_time(lambda: ours.run(args.steps), args.repeats) / args.steps
                 flops = flops_per_step(ours.config, args.batch, args.length)
                 row = {"size": size, "kind": kind, "params": ours.config.num_params,
                        "jax_step_s": t_jax, "jax_tokens_per_s": tokens / t_jax,
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
                 if not args.skip_torch:
                     theirs = TorchTrainer(ckpt, args.dtype, kind, arrays, torch_device)
                     theirs.run(1)
-                    t_torch = common.best_time(lambda: theirs.run(args.steps), args.repeats) / args.steps
+                    t_torch = harness.best_time(lambda: theirs.run(args.steps), args.repeats) / args.steps
                     row.update(torch_step_s=t_torch, torch_tokens_per_s=tokens / t_torch,
                                speedup_vs_torch=t_torch / t_jax)
                     del theirs
@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
               "torch_device": None if args.skip_torch else torch_device, "torch_threads": threads,
               "peak_bf16_flops": peak, "rows": rows}
     print_table(result)
-    common.write_result(result, args.output)
+    harness.write_result(result, args.output)
     return result
 
 
