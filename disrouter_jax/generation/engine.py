@@ -1,0 +1,430 @@
+"""Batched generation: jitted prefill, then a jitted ``while_loop`` decode.
+
+Per batch of prompts (see ``buckets.plan_batches``):
+
+1. **Prefill** (one jitted call): the left-padded prompts ``[Bp, T]`` (``T`` a length bucket) are
+   written into a fresh KV cache of ``T + N`` slots (``N`` the ``max_new_tokens`` bucket). Only the
+   last position's logits are computed: the prompt goes in as ``T - 1`` tokens whose logits are
+   dead code (XLA drops that ``[B, T, V]`` LM-head matmul) plus the last token. With
+   ``num_samples > 1`` each prompt is prefilled **once** and its cache and next-token logits are
+   then repeated ``num_samples`` times along the batch.
+2. **Decode** (one jitted call, the cache donated): a ``lax.while_loop`` of one-token
+   ``model.extend`` steps that exits as soon as every row has finished (stop token or
+   ``early_stop``) or ``max_new_tokens`` tokens were generated.
+
+Compiled programs are cached by jax.jit, keyed on the bucketed shapes plus the static options
+(the model's graphdef, sampling mode, ``early_stop`` function). ``TRACE_COUNTS`` counts traces,
+i.e. compilations, per program kind.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import sys
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from disrouter_jax import sharding as sharding_lib
+from disrouter_jax.generation import sampling
+from disrouter_jax.generation.buckets import (
+    Batch,
+    BucketConfig,
+    Plan,
+    next_power_of_two,
+    plan_batches,
+)
+from disrouter_jax.generation.results import FINISH_REASONS, Generation
+from disrouter_jax.models import qwen2
+
+# Incremented when a program is traced (each trace is one compilation); tests read it.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+_RUNNING, _LENGTH, _STOP, _EARLY = 0, 1, 2, 3
+_CODE_TO_REASON = {_LENGTH: "length", _STOP: "stop", _EARLY: "early_stop"}
+assert set(_CODE_TO_REASON.values()) == set(FINISH_REASONS)
+_PAD_ID = -1  # in the token buffer after a row finished
+
+EarlyStop = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _batch_constrain(x, ctx: sharding_lib.ShardingContext | None):
+    axes = ("batch",) + (None,) * (x.ndim - 1)
+    return sharding_lib.constrain(x, axes, ctx)
+
+
+def repeat_cache(cache: qwen2.KVCache, repeats: int) -> qwen2.KVCache:
+    """Row ``r`` of the result is row ``r // repeats`` of ``cache``."""
+    return qwen2.KVCache(
+        jnp.repeat(cache.k_lbskh, repeats, axis=1),
+        jnp.repeat(cache.v_lbskh, repeats, axis=1),
+        jnp.repeat(cache.valid_bs, repeats, axis=0),
+        cache.end,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "cache_length", "samples_per_row", "cache_dtype")
+)
+def _prefill(graphdef, state, prompt_bt, mask_bt, *, cache_length, samples_per_row, cache_dtype):
+    TRACE_COUNTS["prefill"] += 1
+    model = nnx.merge(graphdef, state)
+    ctx = model.sharding
+    batch, length = prompt_bt.shape
+    cache = qwen2.init_cache(model.config, batch, cache_length, cache_dtype, ctx)
+    positions_bt = qwen2.default_positions(mask_bt)
+    if length > 1:
+        # These logits are unused, so the LM head over the whole prompt is compiled away.
+        _, cache = model.extend(prompt_bt[:, :-1], positions_bt[:, :-1], mask_bt[:, :-1], cache)
+    logits_b1v, cache = model.extend(
+        prompt_bt[:, -1:], positions_bt[:, -1:], mask_bt[:, -1:], cache
+    )
+    logits_bv = logits_b1v[:, 0]
+    next_position_b = positions_bt[:, -1] + 1
+    if samples_per_row > 1:
+        cache = repeat_cache(cache, samples_per_row)
+        logits_bv = jnp.repeat(logits_bv, samples_per_row, axis=0)
+        next_position_b = jnp.repeat(next_position_b, samples_per_row, axis=0)
+    axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+    cache = qwen2.KVCache(
+        sharding_lib.constrain(cache.k_lbskh, axes, ctx),
+        sharding_lib.constrain(cache.v_lbskh, axes, ctx),
+        sharding_lib.constrain(cache.valid_bs, ("batch", "length"), ctx),
+        cache.end,
+    )
+    return cache, _batch_constrain(logits_bv, ctx), _batch_constrain(next_position_b, ctx)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "buffer_length", "mode", "early_stop"),
+    donate_argnames=("cache",),
+)
+def _decode(
+    graphdef, state, cache, logits_bv, next_position_b, active_b, prompt_index_b, sample_index_b,
+    seed, temperature, top_p, stop_ids_s, max_new_tokens,
+    *, buffer_length, mode, early_stop,
+):
+    TRACE_COUNTS["decode"] += 1
+    model = nnx.merge(graphdef, state)
+    ctx = model.sharding
+    batch = logits_bv.shape[0]
+    keys_b = None if mode.greedy else sampling.row_keys(seed, prompt_index_b, sample_index_b)
+
+    def choose(logits_bv, step):
+        keys = None if keys_b is None else sampling.step_keys(keys_b, step)
+        tokens_b = sampling.sample_tokens(logits_bv, keys, temperature, top_p, mode)
+        logprobs_b = sampling.token_logprobs(logits_bv, tokens_b)
+        if mode.greedy:  # temperature 0: documented as the temperature-1 log-probs
+            return tokens_b, logprobs_b, logprobs_b
+        # One more log-softmax over the vocabulary: cheap next to the LM head's matmul.
+        return tokens_b, logprobs_b, sampling.token_logprobs(logits_bv / temperature, tokens_b)
+
+    def record(carry, tokens_b, logprobs_b, sample_logprobs_b):
+        step = carry["step"]
+        running_b = carry["finish_b"] == _RUNNING
+        write = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
+            buf, x[:, None].astype(buf.dtype), (0, step)
+        )
+        carry = dict(carry)
+        carry["tokens_bn"] = write(carry["tokens_bn"], jnp.where(running_b, tokens_b, _PAD_ID))
+        carry["logprobs_bn"] = write(carry["logprobs_bn"], logprobs_b)
+        carry["sample_logprobs_bn"] = write(carry["sample_logprobs_bn"], sample_logprobs_b)
+        carry["num_tokens_b"] = carry["num_tokens_b"] + running_b.astype(jnp.int32)
+        stopped_b = running_b & jnp.isin(tokens_b, stop_ids_s)
+        finish_b = jnp.where(stopped_b, _STOP, carry["finish_b"])
+        if early_stop is not None:
+            wants_b = jnp.asarray(early_stop(carry["tokens_bn"], step + 1), jnp.bool_)
+            finish_b = jnp.where(running_b & ~stopped_b & wants_b, _EARLY, finish_b)
+        carry["finish_b"] = finish_b
+        carry["step"] = step + 1
+        return carry
+
+    carry = {
+        "step": jnp.zeros((), jnp.int32),
+        "cache": cache,
+        "logits_bv": logits_bv,
+        "position_b": next_position_b,
+        "tokens_bn": _batch_constrain(jnp.full((batch, buffer_length), _PAD_ID, jnp.int32), ctx),
+        "logprobs_bn": _batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
+        "sample_logprobs_bn": _batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
+        "num_tokens_b": jnp.zeros((batch,), jnp.int32),
+        # Batch-padding rows start finished so they never keep the loop alive.
+        "finish_b": jnp.where(active_b, _RUNNING, _LENGTH).astype(jnp.int32),
+    }
+
+    def cond(carry):
+        return (carry["step"] < max_new_tokens) & jnp.any(carry["finish_b"] == _RUNNING)
+
+    def body(carry):
+        # Sample from the logits in hand, then run the model on the new token. The last
+        # iteration's model step is wasted (one step per batch), but the sampler is compiled
+        # once instead of twice (peeling the first token doubles its compile time).
+        tokens_b, logprobs_b, sample_logprobs_b = choose(carry["logits_bv"], carry["step"])
+        carry = record(carry, tokens_b, logprobs_b, sample_logprobs_b)
+        logits_b1v, cache = model.extend(
+            tokens_b[:, None],
+            carry["position_b"][:, None],
+            jnp.ones((batch, 1), jnp.bool_),
+            carry["cache"],
+        )
+        carry.update(cache=cache, logits_bv=logits_b1v[:, 0], position_b=carry["position_b"] + 1)
+        return carry
+
+    carry = jax.lax.while_loop(cond, body, carry)
+    finish_b = jnp.where(carry["finish_b"] == _RUNNING, _LENGTH, carry["finish_b"])
+    outputs = {
+        "tokens_bn": carry["tokens_bn"],
+        "logprobs_bn": carry["logprobs_bn"],
+        "sample_logprobs_bn": carry["sample_logprobs_bn"],
+        "num_tokens_b": carry["num_tokens_b"],
+        "finish_b": finish_b,
+    }
+    # Returning the cache lets XLA alias the donated input buffer, so the loop updates it in place.
+    return outputs, carry["cache"]
+
+
+def default_stop_token_ids(model) -> tuple[int, ...]:
+    eos = model.config.eos_token_id
+    if eos is None:
+        return ()
+    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
+
+
+def _padded_stop_ids(stop_token_ids) -> np.ndarray:
+    """Stop ids padded with -1 (never a token) to a power of two >= 4, so that stop sets of
+    similar size share one compiled program."""
+    ids = sorted({int(t) for t in stop_token_ids})
+    if any(t < 0 for t in ids):
+        raise ValueError(f"stop_token_ids must be >= 0, got {ids}")
+    padded = np.full(next_power_of_two(max(len(ids), 4)), -1, np.int32)
+    padded[: len(ids)] = ids
+    return padded
+
+
+def _validate_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
+        prompts = list(prompts)  # equal-length prompts as one [P, T] array
+    if len(prompts) and isinstance(prompts[0], (int, np.integer)):
+        raise TypeError("prompts must be a sequence of token-id sequences (one per prompt), "
+                        "got a flat sequence of ints")
+    out = []
+    for i, prompt in enumerate(prompts):
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"prompts[{i}]: expected a non-empty 1-D sequence of token ids, "
+                             f"got shape {ids.shape} dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(f"prompts[{i}]: token ids must be in [0, {vocab_size}), "
+                             f"got range [{ids.min()}, {ids.max()}]")
+        out.append(ids.astype(np.int32))
+    return out
+
+
+def _batch_axes_size(mesh, rules) -> int:
+    rule_map = dict(sharding_lib.DEFAULT_RULES if rules is None else rules)
+    return int(np.prod([mesh.shape[axis] for axis in rule_map["batch"]]))
+
+
+class _Placement:
+    """Where arrays go: the model's mesh (or the one given), or the default device."""
+
+    def __init__(self, model, mesh):
+        ctx = model.sharding
+        if ctx is not None and mesh is not None and mesh != ctx.mesh:
+            raise ValueError("generate(mesh=...) differs from the mesh the model was loaded on; "
+                             "load the model with that mesh or pass mesh=None")
+        self.mesh = ctx.mesh if ctx is not None else mesh
+        self.rules = ctx.rules if ctx is not None else None
+        self.model_on_mesh = ctx is not None
+
+    @property
+    def batch_shards(self) -> int:
+        return 1 if self.mesh is None else _batch_axes_size(self.mesh, self.rules)
+
+    def state(self, state):
+        if self.mesh is None or self.model_on_mesh:
+            return state
+        # An unsharded model run on a mesh: replicate its weights there (once per call).
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(state, replicated)
+
+    def batch(self, array: np.ndarray):
+        axes = ("batch",) + ("length",) * (array.ndim - 1)
+        return self._place(array, axes)
+
+    def replicated(self, array):
+        return self._place(np.asarray(array), (None,) * np.ndim(array))
+
+    def _place(self, array: np.ndarray, axes):
+        if self.mesh is None:
+            return jnp.asarray(array)
+        # Every process holds the same host array; each device takes its own slice (this also
+        # works when the mesh spans several processes).
+        target = sharding_lib.named_sharding(axes, array.shape, self.mesh, self.rules)
+        return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
+def _to_host(tree) -> dict[str, np.ndarray]:
+    def one(x):
+        if x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def _progress_bar(total: int, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    enabled = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, desc="generate", unit="batch", disable=not enabled or total <= 1)
+
+
+def generate(
+    model: qwen2.Qwen2,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    stop_token_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+    max_batch_size: int = 64,
+    buckets: BucketConfig = BucketConfig(),
+    include_stop: bool = False,
+    early_stop: EarlyStop | None = None,
+    cache_dtype=None,
+    progress: bool | None = None,
+) -> list[list[Generation]]:
+    """Continues every prompt ``num_samples`` times; returns ``[prompt][sample] -> Generation``.
+
+    ``prompts``: token-id sequences of any lengths (left-padded internally). ``temperature=0`` is
+    greedy (top-k/top-p ignored); otherwise tokens are sampled from ``softmax(logits /
+    temperature)`` restricted to the ``top_k`` most likely (0 = all) and to the nucleus of
+    probability ``top_p`` (1 = all). Sampling is reproducible: a sample depends only on ``seed``,
+    its prompt's index and its sample index (not on batching or devices).
+
+    ``num_samples``: each prompt is prefilled once and its KV cache repeated per sample.
+
+    ``stop_token_ids``: a row finishes at the first of these it emits (default: the model config's
+    ``eos_token_id``; ``()`` for none). The stop token is left out of ``Generation.tokens`` /
+    ``logprobs`` unless ``include_stop=True`` (RL needs it to train the end of turn); it is always
+    in ``Generation.stop_token``.
+
+    ``Generation.logprobs`` are the chosen tokens' log-probs under the unmodified model
+    (``log_softmax(logits)``, temperature 1, no top-k/top-p), the "old log-probs" of RL.
+    ``Generation.sampling_logprobs`` are under ``log_softmax(logits / temperature)`` (still
+    without top-k/top-p truncation; equal to ``logprobs`` when greedy).
+
+    ``early_stop(tokens_bn, num_generated) -> bool[B]``: an optional jittable predicate called
+    after every step. ``tokens_bn`` is the int32 ``[B, N]`` buffer of tokens generated so far
+    (each still-running row has exactly ``num_generated`` valid entries, the rest are -1);
+    rows where it returns True finish with ``finish_reason="early_stop"`` keeping the token just
+    generated. It is a static argument of the compiled loop: pass the same function object each
+    call to reuse the compilation.
+
+    Batches hold at most ``max_batch_size`` decode rows. ``mesh``: shard the batch over the mesh's
+    data axes (default: the mesh the model was loaded on; an unsharded model is replicated onto
+    the given mesh). ``cache_dtype`` defaults to the model's compute dtype. ``progress``: tqdm bar
+    over batches (default: only when stderr is a terminal).
+    """
+    if not isinstance(model, nnx.Module) or not hasattr(model, "extend"):
+        raise TypeError(
+            f"model must be a qwen2.Qwen2 (an nnx.Module with extend), got {type(model)}"
+        )
+    sampling.validate_sampling(temperature, top_k, top_p)
+    mode = sampling.SamplingMode.from_params(temperature, top_k, top_p)
+    prompt_ids = _validate_prompts(prompts, model.config.vocab_size)
+    if stop_token_ids is None:
+        stop_token_ids = default_stop_token_ids(model)
+    stop_ids = _padded_stop_ids(stop_token_ids)
+    placement = _Placement(model, mesh)
+    plan = plan_batches(
+        [len(p) for p in prompt_ids],
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        max_batch_size=max_batch_size,
+        buckets=buckets,
+        batch_multiple=placement.batch_shards,
+    )
+    graphdef, state = nnx.split(model)
+    state = placement.state(state)
+    cache_dtype = jnp.dtype(model.dtype if cache_dtype is None else cache_dtype)
+    scalars = dict(
+        seed=placement.replicated(np.uint32(seed % 2**32)),
+        temperature=placement.replicated(np.float32(temperature if temperature > 0 else 1.0)),
+        top_p=placement.replicated(np.float32(top_p)),
+        stop_ids_s=placement.replicated(stop_ids),
+        max_new_tokens=placement.replicated(np.int32(max_new_tokens)),
+    )
+    results: list[list[Generation | None]] = [[None] * num_samples for _ in prompt_ids]
+    with _progress_bar(len(plan.batches), progress) as bar:
+        for batch in plan.batches:
+            outputs = _run_batch(graphdef, state, batch, plan, prompt_ids, placement, scalars,
+                                 cache_dtype=cache_dtype, mode=mode, early_stop=early_stop)
+            _collect(outputs, num_samples, include_stop, results)
+            bar.update(1)
+    return results  # type: ignore[return-value]
+
+
+def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, placement, scalars, *,
+               cache_dtype, mode, early_stop) -> dict[str, np.ndarray]:
+    rows, length, per_row = batch.batch_size, batch.prompt_length, plan.samples_per_row
+    prompt_bt = np.zeros((rows, length), np.int32)
+    mask_bt = np.zeros((rows, length), np.bool_)
+    for r, unit in enumerate(batch.units):
+        ids = prompt_ids[unit.prompt_index]
+        prompt_bt[r, length - len(ids):] = ids
+        mask_bt[r, length - len(ids):] = True
+    mask_bt[len(batch.units):, -1] = True  # padding rows: one dummy token, never read
+    cache, logits_bv, next_position_b = _prefill(
+        graphdef, state, placement.batch(prompt_bt), placement.batch(mask_bt),
+        cache_length=plan.cache_length(batch), samples_per_row=per_row, cache_dtype=cache_dtype,
+    )
+    decode_rows = rows * per_row
+    prompt_index_b = np.full(decode_rows, -1, np.int32)
+    sample_index_b = np.zeros(decode_rows, np.int32)
+    for r, unit in enumerate(batch.units):
+        prompt_index_b[r * per_row:(r + 1) * per_row] = unit.prompt_index
+        sample_index_b[r * per_row:(r + 1) * per_row] = unit.first_sample + np.arange(per_row)
+    active_b = (prompt_index_b >= 0) & (sample_index_b < plan.num_samples)
+    outputs, _ = _decode(
+        graphdef, state, cache, logits_bv, next_position_b,
+        placement.batch(active_b), placement.batch(prompt_index_b),
+        placement.batch(sample_index_b), **scalars,
+        buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop,
+    )
+    outputs = _to_host(outputs)
+    outputs["prompt_index_b"] = prompt_index_b
+    outputs["sample_index_b"] = sample_index_b
+    return outputs
+
+
+def _collect(outputs, num_samples: int, include_stop: bool, results):
+    """Cuts each decode row at its length and files it under [prompt][sample]."""
+    rows = zip(outputs["prompt_index_b"], outputs["sample_index_b"])
+    for row, (prompt, sample) in enumerate(rows):
+        if prompt < 0 or sample >= num_samples:
+            continue
+        count = int(outputs["num_tokens_b"][row])
+        reason = _CODE_TO_REASON[int(outputs["finish_b"][row])]
+        tokens = outputs["tokens_bn"][row, :count]
+        stop_token = int(tokens[-1]) if reason == "stop" else None
+        keep = count if include_stop or reason != "stop" else count - 1
+        results[prompt][sample] = Generation(
+            tokens=tokens[:keep].copy(),
+            logprobs=outputs["logprobs_bn"][row, :keep].copy(),
+            finish_reason=reason,
+            stop_token=stop_token,
+            sampling_logprobs=outputs["sample_logprobs_bn"][row, :keep].copy(),
+        )

@@ -1,0 +1,96 @@
+"""Next-token selection: greedy, temperature, top-k, top-p (nucleus); log-probs of chosen tokens.
+
+All math is float32 on the logits. Which branches exist is static (``SamplingMode``, part of the
+compiled program); the temperature and top-p values are runtime scalars, so sweeping them does
+not recompile.
+
+Randomness is per row: each row carries its own key and step ``s`` uses ``fold_in(key, s)``. The
+engine derives a row's key from (seed, prompt index, sample index), so a sample does not depend
+on which batch, batch size or device layout it was generated in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingMode:
+    """The static shape of the sampler: greedy, or categorical with optional top-k / top-p."""
+
+    greedy: bool = True
+    top_k: int = 0
+    use_top_p: bool = False
+
+    @classmethod
+    def from_params(cls, temperature: float, top_k: int, top_p: float) -> "SamplingMode":
+        validate_sampling(temperature, top_k, top_p)
+        if temperature == 0.0:
+            return cls(greedy=True)
+        return cls(greedy=False, top_k=int(top_k), use_top_p=top_p < 1.0)
+
+
+def validate_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def truncate_logits(logits_bv, temperature, top_p, mode: SamplingMode):
+    """Tempered logits restricted to the top-k / nucleus candidates.
+
+    Returns ``(candidate_logits_bk, candidate_ids_bk)``; dropped candidates have ``-inf`` logits.
+    Without top-k/top-p the candidates are the whole vocabulary (``ids`` is ``None``). The nucleus
+    is the smallest set of most likely tokens whose probability reaches ``top_p`` (the most likely
+    token is always kept).
+    """
+    scaled_bv = logits_bv.astype(jnp.float32) / temperature
+    if not (mode.top_k or mode.use_top_p):
+        return scaled_bv, None
+    vocab = scaled_bv.shape[-1]
+    k = min(mode.top_k, vocab) if mode.top_k else vocab
+    # top_k returns the candidates sorted, which the nucleus cut needs anyway.
+    values_bk, ids_bk = jax.lax.top_k(scaled_bv, k)
+    if mode.use_top_p:
+        probs_bk = jax.nn.softmax(values_bk, axis=-1)
+        mass_before_bk = jnp.cumsum(probs_bk, axis=-1) - probs_bk
+        values_bk = jnp.where(mass_before_bk < top_p, values_bk, -jnp.inf)
+    return values_bk, ids_bk
+
+
+def sample_tokens(logits_bv, keys_b, temperature, top_p, mode: SamplingMode):
+    """One token per row. ``keys_b``: one PRNG key per row (used only when sampling)."""
+    if mode.greedy:
+        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    candidates_bk, ids_bk = truncate_logits(logits_bv, temperature, top_p, mode)
+    choice_b = jax.vmap(jax.random.categorical)(keys_b, candidates_bk).astype(jnp.int32)
+    if ids_bk is None:
+        return choice_b
+    return jnp.take_along_axis(ids_bk, choice_b[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def token_logprobs(logits_bv, tokens_b):
+    """``log_softmax(logits)[token]`` per row, float32."""
+    logprobs_bv = jax.nn.log_softmax(logits_bv.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logprobs_bv, tokens_b[:, None], axis=-1)[:, 0]
+
+
+def step_keys(row_keys_b, step):
+    """The keys rows use at decode step ``step``."""
+    return jax.vmap(jax.random.fold_in, (0, None))(row_keys_b, step)
+
+
+def row_keys(seed, prompt_index_b, sample_index_b):
+    """Per-row keys from (seed, prompt index, sample index): independent of batching."""
+    base = jax.random.key(seed)
+
+    def one(prompt_index, sample_index):
+        return jax.random.fold_in(jax.random.fold_in(base, prompt_index), sample_index)
+
+    return jax.vmap(one)(prompt_index_b, sample_index_b)
