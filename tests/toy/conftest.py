@@ -1,0 +1,14 @@
+"""A reduced toy pool, built once per session (several tests and later stages can share it)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def reduced_pool(tmp_path_factory):
+    """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
+
+    Treat it as read-only: tests that delete or rebuild parts copy it first.
+    """
+    from disrouter_jax.toy.pool import PoolConfig, build_pool
+
+    return build_pool(tmp_path_factory.mktemp("toy_pool"), PoolConfig.reduced(), progress=False)
