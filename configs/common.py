@@ -71,20 +71,28 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     # Stage 2: SFT on self-labelled targets.
     c.sft = ml_collections.ConfigDict()
     c.sft.num_examples = 10_000
-    c.sft.balance = 0.5
-    c.sft.steps = 150 if setup == "toy" else 1000
+    # The paper balances answer/refusal targets 50/50. The toy agents are too small for that prior:
+    # the cheapest one gets ~75 % of queries wrong, and balanced targets teach it to answer half.
+    c.sft.balance = None if setup == "toy" else 0.5
+    c.sft.steps = 200 if setup == "toy" else 1000
     c.sft.batch_size = 32 if setup == "toy" else 16
     c.sft.grad_accum = 1
-    c.sft.learning_rate = 1e-3 if setup == "toy" else 1e-5
+    c.sft.learning_rate = 1e-2 if setup == "toy" else 1e-5
     c.sft.warmup_steps = 10 if setup == "toy" else 50
     c.sft.weight_decay = 0.0
     c.sft.max_grad_norm = 1.0
     c.sft.length_buckets = (128, 256) if setup == "toy" else (256, 512, 1024, 2048)
+    # "all": full fine-tuning (or LoRA alone when lora.enabled); "refusal_rows": the embedding rows
+    # of the refusal's tokens; "new_tokens": those and the rows of the scenario instructions' own
+    # words (a learned prompt per scenario); with lora.enabled, adapters next to the rows (see
+    # training/sft_stage.py). Toy agents forget their facts under full fine-tuning at any rate
+    # that teaches the refusal (measured: held-out accuracy 0.50 -> 0.10).
+    c.sft.trainable = "new_tokens" if setup == "toy" else "all"
 
     # Stage 3: scenario-conditioned policy gradient.
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 10_000
-    c.rl.steps = 60 if setup == "toy" else 500
+    c.rl.steps = 40 if setup == "toy" else 500
     c.rl.prompts_per_step = 16
     c.rl.group_size = 8
     c.rl.gamma = 0.5
@@ -93,17 +101,31 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.rl.clip_eps = 0.2
     c.rl.kl_coef = 0.0
     c.rl.normalize_advantages = True
-    c.rl.learning_rate = 3e-4 if setup == "toy" else 1e-6
+    c.rl.learning_rate = 3e-3 if setup == "toy" else 1e-6
     c.rl.warmup_steps = 5 if setup == "toy" else 20
     c.rl.max_grad_norm = 1.0
+    c.rl.trainable = "new_tokens" if setup == "toy" else "all"
 
     # The scenarios: a single α (rl_alphaXX) or several drawn per prompt (rl_mixed).
     c.alphas = (0.5,)
 
+    # Self-assessment after each stage on held-out queries (selfaware/assessment.py): refusal rate
+    # and refusal-vs-would-be-wrong accuracy / F1 per α, in agents/<name>/<stage>/assessment.json.
+    c.assess = ml_collections.ConfigDict()
+    c.assess.enabled = True
+    c.assess.stages = ("base", "sft", "rl")
+    c.assess.alphas = (0.2, 0.5, 0.8)
+    c.assess.per_task = 0 if setup == "toy" else 100  # held-out queries per evaluation task; 0 = all
+    c.assess.max_new_tokens = 16 if setup == "toy" else 512
+    c.assess.batch_size = 128 if setup == "toy" else 32
+
     c.lora = ml_collections.ConfigDict()
-    c.lora.enabled = False
-    c.lora.rank = 16
-    c.lora.alpha = 32.0
+    c.lora.enabled = setup == "toy"
+    c.lora.rank = 8 if setup == "toy" else 16
+    # Toy: scale alpha / rank = 1/8, so at the rows' learning rate the adapters move ~10x slower
+    # than the rows (one optimizer, one rate); at scale 4 they erased the agents' facts.
+    c.lora.alpha = 1.0 if setup == "toy" else 32.0
+    c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50

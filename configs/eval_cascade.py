@@ -50,6 +50,9 @@ def get_config(config_string=None):
     e.baselines = ("smallest", "largest", "random_uniform", "random_cost_matched", "oracle")
     e.routers = ("classifier_router", "frugalgpt")
     e.baseline_replies = "plain"
+    # Whose plain replies: "base" = the pool before Self-Awareness Training (the paper's baselines;
+    # also the forced answers that score a refusal), "trained" = the evaluated agents.
+    e.baseline_agents = "base"
     # Routers are fitted on "train": queries of the training split (router_train_per_task per
     # task), or "split": a router_train_fraction of the evaluation queries, which are then left out
     # of every method's figures so all methods are compared on the same held-out queries.

@@ -13,16 +13,20 @@ Training, then evaluates. Everything goes under ``--workdir``:
                           single-agent baselines and the central routers see
     router_train_outcomes.jsonl   the same for the queries the routers are fitted on
     utility_vs_alpha.png, accuracy_vs_cost.png, agent_share.png
-    eval/replies/<agent>.jsonl    cached generations; eval/query_features.npz; eval/manifest.json
+    eval/replies/<agent>.jsonl    cached generations (eval/base_replies/: the untrained pool's);
+                          eval/query_features.npz; eval/manifest.json
 
 How the figures are made (also stored in report.json's ``meta``):
 * DiSRouter: the live cascade engine (``cascade.engine``) at each α; its agreement with the replay
   of outcomes.jsonl is reported (``meta.replay_agreement``; 1.0 expected with greedy decoding).
 * Self-assessment of a refusal is scored with the agent's *forced answer*: its reply to the plain
-  prompt (no refusal option). Every agent's plain reply is generated for every query.
-* Baselines and central routers route among the agents answering the plain prompt
-  (``eval.baseline_replies="plain"``) — the agents used as ordinary LLMs; "scenario" gives them the
-  α-prompted replies instead. Random: both uniform and matched to the cascade's mean cost.
+  prompt (no refusal option), from the pool as it was before Self-Awareness Training
+  (``eval.baseline_agents="base"``; "trained": the evaluated agents' own plain replies, which may
+  be refusals). Every agent's plain reply is generated for every query.
+* Baselines and central routers route among those agents answering the plain prompt
+  (``eval.baseline_replies="plain"``) — the agents used as ordinary LLMs, as in the paper;
+  "scenario" gives them the trained agents' α-prompted replies instead. Random: both uniform and
+  matched to the cascade's mean cost.
 * Routers are fitted on queries the evaluation does not contain (``eval.router_train``): the
   training split by default, or a held-out fraction of the evaluation queries.
 
@@ -63,6 +67,7 @@ from disrouter_jax.tasks.registry import load_task
 logger = logging.getLogger(__name__)
 
 PLAIN_OUTCOMES_FILE = "plain_outcomes.jsonl"
+BASELINE_AGENTS = ("base", "trained")
 ROUTER_TRAIN_FILE = "router_train_outcomes.jsonl"
 PLACEMENTS = ("shared", "per_agent", "pool")
 ROUTER_TRAIN_SOURCES = ("train", "split")
@@ -215,6 +220,8 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     timings["pool_and_training_s"] = time.perf_counter() - started
     if e.baseline_replies not in BASELINE_REPLIES:
         raise ValueError(f"config.eval.baseline_replies must be one of {BASELINE_REPLIES}, got {e.baseline_replies!r}")
+    if e.get("baseline_agents", "base") not in BASELINE_AGENTS:
+        raise ValueError(f"config.eval.baseline_agents must be one of {BASELINE_AGENTS}, got {e.baseline_agents!r}")
     specs = place_agents(specs, e, len(jax.devices()))
     pool = [s.name for s in specs]
     costs = {s.name: float(s.cost) for s in specs}
@@ -227,7 +234,8 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         "agents": [s.to_dict() | {"devices": None, "mesh": None} for s in specs], "alphas": list(alphas),
         "queries": [len(queries), _keys_digest(queries)], "router_queries": [len(fit_queries), _keys_digest(fit_queries)],
         "max_new_tokens": e.max_new_tokens, "early_refusal": e.early_refusal, "cost_mode": e.cost_mode,
-        "baseline_replies": e.baseline_replies, "baselines": list(e.baselines), "routers": list(e.routers),
+        "baseline_replies": e.baseline_replies, "baseline_agents": e.baseline_agents,
+        "baselines": list(e.baselines), "routers": list(e.routers),
         "router": [e.router_train, e.router_hidden_size, e.router_steps, e.feature_agent], "seed": e.seed,
         "run_cascade": e.run_cascade, "dtype": config.dtype,
     }
@@ -244,19 +252,34 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         # its block of queries; results are gathered in query order (distributed.map_over_processes).
         mesh = distributed.local_mesh(dict(config.mesh))
     agents = [load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in specs]
-    store = None if multi_process else ReplyStore(workdir / "eval" / "replies")
+    # Single-agent baselines, central routers and the forced answers that score a refusal use the
+    # pool as it was before Self-Awareness Training (eval.baseline_agents="base"), as in the paper.
+    base_specs = place_agents(list(base_specs), e, len(jax.devices()))
+    separate_base = e.baseline_agents == "base" and [s.path for s in base_specs] != [s.path for s in specs]
+    base_agents = ([load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in base_specs]
+                   if separate_base else agents)
+    stores = {} if multi_process else {id(agents): ReplyStore(workdir / "eval" / "replies"),
+                                       id(base_agents): ReplyStore(workdir / "eval" / ("base_replies" if separate_base
+                                                                                       else "replies"))}
 
-    def all_replies(qs, modes_alphas):
+    def agents_replies(pool_agents, qs, modes_alphas):
         if not multi_process:
-            return engine.all_agents_replies(agents, qs, modes_alphas, engine_cfg, forced=True, store=store)
+            return engine.all_agents_replies(pool_agents, qs, modes_alphas, engine_cfg, forced=True,
+                                             store=stores[id(pool_agents)])
 
         def per_query(block):
-            reps = engine.all_agents_replies(agents, block, modes_alphas, engine_cfg, forced=True)
+            reps = engine.all_agents_replies(pool_agents, block, modes_alphas, engine_cfg, forced=True)
             return [{m: {a: r[i] for a, r in by_agent.items()} for m, by_agent in reps.items()}
                     for i in range(len(block))]
 
         rows = distributed.map_over_processes(per_query, qs)
         return {m: {a: [row[m][a] for row in rows] for a in rows[0][m]} for m in rows[0]}
+
+    def all_replies(qs, modes_alphas):
+        """Every agent's replies, and the baseline pool's plain replies under "base_plain"."""
+        reps = agents_replies(agents, qs, modes_alphas)
+        reps["base_plain"] = agents_replies(base_agents, qs, ())[engine.PLAIN] if separate_base else reps[engine.PLAIN]
+        return reps
 
     replies = all_replies(queries, alphas)
     fit_alphas = alphas if e.baseline_replies == "scenario" else ()
@@ -266,7 +289,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     def tables(qs, reps):
         scenario = {a: engine.outcome_rows(qs, a, pool, reps[engine.mode_key(a)], reps["plain"]) for a in alphas} \
             if all(engine.mode_key(a) in reps for a in alphas) else {}
-        plain = {a: engine.plain_outcome_rows(qs, a, pool, reps["plain"]) for a in alphas}
+        plain = {a: engine.plain_outcome_rows(qs, a, pool, reps["base_plain"]) for a in alphas}
         return scenario, plain
 
     outcomes_by_alpha, plain_by_alpha = tables(queries, replies)
@@ -347,7 +370,9 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         "disrouter_source": "live cascade engine" if e.run_cascade else "replay of outcomes.jsonl",
         "replay_agreement": agreement, "engine": engine_stats, "routers": router_info,
         "baseline_replies": e.baseline_replies, "router_train": e.router_train,
-        "self_assessment": "a refusal is scored with the agent's forced answer (its plain-prompt reply)",
+        "baseline_agents": e.baseline_agents,
+        "self_assessment": "a refusal is scored with the agent's forced answer: the plain-prompt reply of the "
+                           + ("pool before Self-Awareness Training" if separate_base else "evaluated agent"),
         "random_baselines": "random_uniform: agent drawn uniformly; random_cost_matched: max-entropy draw "
                             "matching the cascade's mean cost at each alpha",
         "refusal_tokens": {a.name: len(engine.refusal_token_ids(a)) for a in agents},

@@ -4,9 +4,12 @@ Workdir layout (everything a run writes)::
 
     <workdir>/pool/                      the toy pool (``:toy`` configs), built once and reused
     <workdir>/agents/<name>/labels/      stage 1: labels.jsonl
-    <workdir>/agents/<name>/sft/         stage 2: checkpoints/, metrics.jsonl, tensorboard/, export/
+    <workdir>/agents/<name>/sft/         stage 2: checkpoints/, metrics.jsonl, tensorboard/, export/,
+                                         assessment.json (self-assessment on held-out queries)
     <workdir>/agents/<name>/rl/          stage 3: same layout
     <workdir>/agents/<name>/final/       the trained agent: a Hugging Face directory (LoRA merged)
+    <workdir>/agents/assessment.txt      the per-agent table: refusal rate and self-assessment
+                                         accuracy / F1 per scenario, after SFT and after RL
 
 Each stage is skipped when its DONE marker exists and resumes from its last checkpoint otherwise,
 so running the same command again continues where it stopped.
@@ -27,6 +30,7 @@ from disrouter_jax import agents as agents_lib
 from disrouter_jax import sharding as sharding_lib
 from disrouter_jax.agents import Agent, AgentSpec
 from disrouter_jax.models import hf_io, qwen2
+from disrouter_jax.selfaware import assessment as assessment_lib
 from disrouter_jax.selfaware.labeling import LabelConfig, run_labelling
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.mixture import build_mixture
@@ -37,7 +41,7 @@ from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.rl import RLConfig, make_rl_step
 from disrouter_jax.training.rl_stage import RolloutConfig, rl_batch_fn
 from disrouter_jax.training.sft import make_sft_step
-from disrouter_jax.training.sft_stage import build_sft_data, sft_batch_fn
+from disrouter_jax.training.sft_stage import EMBEDDING_PARAM, build_sft_data, sft_batch_fn, stage_optimizer, trainable_rows
 from disrouter_jax.training.state import create_train_state
 
 logger = logging.getLogger(__name__)
@@ -90,7 +94,11 @@ def final_dir(workdir: str | Path, name: str) -> Path:
 
 
 def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpec]:
-    """Runs (or reuses) Self-Awareness Training for every agent; specs point at trained exports."""
+    """Runs (or reuses) Self-Awareness Training for every agent; specs point at trained exports.
+
+    With ``config.assess.enabled`` each trained stage is also assessed on held-out queries and
+    the table of every agent is logged and written to ``<workdir>/agents/assessment.txt``.
+    """
     specs = ensure_pool(config, workdir)
     trained = {s.name for s in agents_to_train(config, specs)}
     out = []
@@ -100,10 +108,22 @@ def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpe
             out.append(AgentSpec(spec.name, str(path), spec.cost, spec.devices, spec.mesh))
         else:
             out.append(spec)
+    if config.assess.enabled and trained:
+        write_assessment_table(config, [s for s in specs if s.name in trained], workdir)
     return out
 
 
 # -------------------------------------------------------------------------------------- data
+
+
+def heldout_examples(config, workdir: str | Path) -> list[Example]:
+    """Queries for self-assessment: each evaluation task's default (evaluation) split, at most
+    ``assess.per_task`` per task (0 = all), in a seeded order. Never the training split."""
+    by_task = {name: load_task(name, path=task_path(config, name, workdir)) for name in config.data.eval_tasks}
+    cap = config.assess.per_task or None
+    mixture = build_mixture(by_task, seed=config.seed, train_per_task=0,
+                            eval_per_task={n: cap or len(e) for n, e in by_task.items()})
+    return list(mixture.eval)
 
 
 def training_examples(config, workdir: str | Path) -> list[Example]:
@@ -139,11 +159,24 @@ def _loop_cfg(config, total_steps: int) -> loop_lib.LoopConfig:
     )
 
 
-def _train_state(config, model, optim: OptimConfig):
+def _train_state(config, agent: Agent, optim: OptimConfig, trainable: str, examples: list[Example]):
+    """What a stage trains: every weight (``trainable="all"``) or only some embedding rows
+    (``"refusal_rows"`` / ``"new_tokens"``, see ``training/sft_stage.py``); with
+    ``lora.enabled``, LoRA adapters on ``lora.targets`` as well (instead of the full weights)."""
+    rows = trainable_rows(trainable, agent, examples, tuple(config.alphas))
+    # Differentiate only what is trained: with rows, the embedding (masked to them) and adapters.
+    embedding = nnx.All(nnx.Param, nnx.PathContains(EMBEDDING_PARAM))
+    model = agent.model
     if config.lora.enabled:
-        lora = apply_lora(model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha))
-        return create_train_state(lora, optim, wrt=LoRAParam)
-    return create_train_state(model, optim, wrt=nnx.Param)
+        model = apply_lora(model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                                             targets=tuple(config.lora.targets)))
+        wrt = LoRAParam if rows is None else nnx.Any(LoRAParam, embedding)
+    else:
+        wrt = nnx.Param if rows is None else embedding
+    if rows is not None:
+        logger.info("%s: training %d embedding rows (%s)%s", agent.name, len(rows), trainable,
+                    " and LoRA adapters" if config.lora.enabled else " only")
+    return create_train_state(model, stage_optimizer(optim, rows, agent, with_lora=config.lora.enabled), wrt=wrt)
 
 
 def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
@@ -169,6 +202,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
     final = agent_dir / "final"
     if (final / "config.json").is_file():
         logger.info("%s: trained agent found at %s", spec.name, final)
+        assess_stages(config, spec, workdir, mesh=mesh)
         return final
     load = lambda path=None: agents_lib.load_agent(  # noqa: E731
         spec, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh, path=path)
@@ -195,7 +229,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             logger.info("%s: %d SFT examples, %.0f%% answer targets", spec.name, len(data.examples),
                         100 * data.accept_fraction)
             optim = _optim(config.sft, config.sft.steps)
-            state = _train_state(config, agent.model, optim)
+            state = _train_state(config, agent, optim, config.sft.trainable, examples)
             make_batch = sft_batch_fn(data, batch_size=config.sft.batch_size,
                                       length_buckets=tuple(config.sft.length_buckets),
                                       pad_id=_pad_id(agent), seed=config.seed)
@@ -219,7 +253,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
                 length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
             )
             optim = _optim(config.rl, config.rl.steps)
-            state = _train_state(config, agent.model, optim)
+            state = _train_state(config, agent, optim, config.rl.trainable, examples)
             make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
                                      reference_model=reference)
             step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef))
@@ -230,8 +264,87 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
 
     if current == Path(spec.path):
         raise ValueError(f"config.stages={tuple(config.stages)} trains nothing: include 'sft' and/or 'rl'")
+    assess_stages(config, spec, workdir, mesh=mesh)
     _copy_tree(current, final)
     return final
+
+
+# -------------------------------------------------------------------------------- assessment
+
+ASSESSED_STAGES = ("base", "sft", "rl")
+ASSESSMENT_TABLE_FILE = "assessment.txt"
+
+
+def _stage_model_dir(spec: AgentSpec, workdir: str | Path, stage: str) -> Path | None:
+    if stage == "base":
+        return Path(spec.path)
+    export = Path(workdir) / "agents" / spec.name / stage / "export"
+    return export if (export / "config.json").is_file() else None
+
+
+def assessment_path(spec: AgentSpec, workdir: str | Path, stage: str) -> Path:
+    return Path(workdir) / "agents" / spec.name / stage / assessment_lib.ASSESSMENT_FILE
+
+
+def assess_stages(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> dict[str, dict]:
+    """Self-assessment (``selfaware.assessment``) of each stage in ``config.assess.stages`` that
+    exists for this agent, on held-out queries; cached in ``agents/<name>/<stage>/assessment.json``.
+
+    "base" (the pre-trained agent) is assessed on the plain prompt only: its answers are the
+    reference ground truth ("did the agent know it before training") scored next to the trained
+    agent's own plain answers.
+    """
+    if not config.assess.enabled:
+        return {}
+    unknown = [s for s in config.assess.stages if s not in ASSESSED_STAGES]
+    if unknown:
+        raise ValueError(f"config.assess.stages={tuple(config.assess.stages)}: unknown {unknown}; "
+                         f"choose from {ASSESSED_STAGES}")
+    examples = heldout_examples(config, workdir)
+    alphas = tuple(float(a) for a in config.assess.alphas)
+    kwargs = dict(max_new_tokens=config.assess.max_new_tokens, batch_size=config.assess.batch_size)
+    results = {}
+    reference = None
+    for stage in config.assess.stages:
+        model_dir = _stage_model_dir(spec, workdir, stage)
+        if model_dir is None:
+            continue
+        loader = lambda d=model_dir: agents_lib.load_agent(  # noqa: E731
+            spec, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh, path=d)
+        if stage == "base":
+            results[stage] = assessment_lib.ensure_assessment(
+                loader, examples, (), assessment_path(spec, workdir, stage), **kwargs)
+            reference = results[stage]["queries"]["plain_correct"]
+            continue
+        results[stage] = assessment_lib.ensure_assessment(
+            loader, examples, alphas, assessment_path(spec, workdir, stage), reference_correct=reference, **kwargs)
+        scores = results[stage]["alphas"]
+        logger.info("%s %s: refusal rate %s, self-assessment accuracy %s (alpha %s)", spec.name, stage,
+                    " / ".join(f"{scores[k]['refusal_rate']:.2f}" for k in scores),
+                    " / ".join(f"{scores[k]['accuracy']:.2f}" for k in scores), " / ".join(scores))
+    return results
+
+
+def write_assessment_table(config, specs: list[AgentSpec], workdir: str | Path) -> str:
+    """The table of every assessed agent and stage (read from the cached assessment files)."""
+    rows = []
+    for spec in specs:
+        for stage in config.assess.stages:
+            path = assessment_path(spec, workdir, stage)
+            if path.is_file():
+                rows.append((spec.name, stage, json.loads(path.read_text(encoding="utf-8"))))
+    if not rows:
+        return ""
+    alphas = tuple(float(a) for a in config.assess.alphas)
+    table = assessment_lib.format_table(rows, alphas)
+    note = ("Self-assessment on held-out queries (greedy). plain: plain-prompt accuracy; ref@a: refusal rate "
+            "under scenario a; acc/F1@a: refusal as a detector of 'its own plain-prompt answer is wrong' "
+            "(refusal = positive class); vs-pre@a: the same against the pre-trained agent's plain answer; "
+            "ans.acc@a: accuracy of the answers it gave under scenario a.")
+    if jax.process_index() == 0:
+        (Path(workdir) / "agents" / ASSESSMENT_TABLE_FILE).write_text(note + "\n" + table + "\n")
+    logger.info("%s\n%s", note, table)
+    return table
 
 
 def _pad_id(agent: Agent) -> int:

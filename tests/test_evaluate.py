@@ -212,3 +212,35 @@ def test_split_devices_is_disjoint_and_gives_spares_to_big_agents():
     assert evaluate.split_devices(8, 3) == [(0, 1), (2, 3, 4), (5, 6, 7)]
     assert evaluate.split_devices(8, 5) == [(0,), (1,), (2, 3), (4, 5), (6, 7)]
     assert evaluate.split_devices(1, 3) == [(0,), (0,), (0,)]
+
+
+def test_baselines_and_forced_answers_come_from_the_pool_before_training(setup, tmp_path):
+    """With a "trained" pool that differs from the base pool, the cascade runs the trained agents
+    while Smallest and the forced answers use the base agents' plain replies (eval.baseline_agents)."""
+    pool_paths, data_dir = setup
+    config = scripted_config(pool_paths, data_dir)
+    config.eval.routers = ()
+    base_specs = evaluate.pipeline.ensure_pool(config, tmp_path)
+    # "Trained" agent0 behaves like scripted level 1 (answers 42, refuses less).
+    trained = [dataclasses.replace(base_specs[0], path=str(pool_paths[1]))] + list(base_specs[1:])
+    built = evaluate.run_evaluation(config, tmp_path, specs=trained, base_specs=base_specs)
+    rows = EVAL + OOD
+    figures = built["results"]["0.2"]["all"]
+    smallest_base = sum(lv != 3 and sa.ANSWERS[0] == gold for lv, gold in rows) / len(rows)
+    smallest_trained = sum(lv != 3 and sa.ANSWERS[1] == gold for lv, gold in rows) / len(rows)
+    assert smallest_base != smallest_trained
+    assert figures["smallest"]["accuracy"] == pytest.approx(smallest_base)
+    assert (tmp_path / "eval" / "base_replies").is_dir()
+    cascade = [r for r in log.read_routing_log(tmp_path / report.ROUTING_LOG_FILE) if r.method == "disrouter"]
+    queries = {(sa.TASK_NAME, f"q{i}"): row for i, row in enumerate(EVAL)}
+    queries |= {(sa.OOD_TASK_NAME, f"q{i}"): row for i, row in enumerate(OOD)}
+    refused_where_forced_answers_differ = 0
+    for record in cascade:
+        level, gold = queries[(record.dataset, record.query_id)]
+        first = record.visited[0]
+        assert first.decision == sa.expected_route(level, (1, 1, 2))[0]  # the trained agent decides
+        if first.decision == "refuse":  # ... and the base agent's plain answer scores the refusal
+            assert first.correct == (level != 3 and gold == sa.ANSWERS[0])
+            refused_where_forced_answers_differ += level != 3 and gold != sa.ANSWERS[0]
+    assert refused_where_forced_answers_differ > 0
+    assert built["meta"]["baseline_agents"] == "base"

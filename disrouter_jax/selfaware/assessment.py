@@ -1,12 +1,14 @@
 """Does a trained agent refuse exactly what it would get wrong? Self-assessment on held-out queries.
 
-For every held-out query the agent answers twice with greedy decoding:
+For every held-out query the agent answers with greedy decoding:
   * the plain prompt (no scenario, no refusal option): its forced answer, the ground truth of
-    "would it be right";
+    "would it be right" (as ``evaluate`` scores it);
   * the scenario prompt of each α: does it refuse?
 Refusal is scored as a detector of "would be wrong" (positive class = refuse, label = the plain
 answer is wrong), the convention of ``cascade.metrics.self_assessment``: accuracy, precision,
-recall, F1, plus the refusal rate, which must fall as α rises (Cost First refuses least).
+recall, F1, plus the refusal rate, which must fall as α rises (Cost First refuses least), and
+the accuracy of the answers it did give. Optionally the same scores against a reference ground
+truth (the pre-trained agent's plain answers; see :func:`assess_agent`).
 
 ``assessment_scores`` is the pure arithmetic; ``assess_agent`` runs an agent through the
 generation engine; ``ensure_assessment`` caches the result as JSON (reused when present).
@@ -86,22 +88,50 @@ def _greedy_verdicts(agent: Agent, examples: Sequence[Example], alpha: float | N
 
 
 def assess_agent(agent: Agent, examples: Sequence[Example], alphas: Sequence[float], *,
-                 max_new_tokens: int = 16, batch_size: int = 64) -> dict[str, Any]:
+                 reference_correct: Sequence[bool] | None = None, max_new_tokens: int = 16,
+                 batch_size: int = 64) -> dict[str, Any]:
     """Greedy plain and per-α scenario replies of ``agent`` to ``examples``, scored per α, overall
-    and per task: ``{"agent", "num_queries", "alphas": {"0.2": scores}, "by_task": {task: {...}}}``."""
+    and per task.
+
+    Returns ``{"agent", "num_queries", "plain_accuracy", "plain_refusal_rate", "alphas": {"0.2":
+    scores}, "by_task": {task: {"0.2": scores}}, "queries": {"keys", "plain_correct", "refused":
+    {"0.2": [...]}, "answer_correct": {"0.2": [...]}}}`` (per-query flags in ``keys`` order).
+    ``alphas=()`` gives the plain answers only (e.g. for the pre-trained agent).
+
+    ``reference_correct`` (aligned with ``examples``): a second ground truth, typically the
+    pre-trained agent's plain-prompt correctness, scored into ``"alphas_vs_reference"``. A trained
+    agent may also refuse the *plain* prompt; its own plain reply then cannot say whether it would
+    have been right, and "refused twice" would count as a correct self-assessment. When only the
+    refusal's rows were trained, the pre-trained agent's answer is exactly its forced answer.
+    """
     if not examples:
         raise ValueError(f"assess_agent({agent.name}): no queries to assess")
+    if reference_correct is not None and len(reference_correct) != len(examples):
+        raise ValueError(f"assess_agent({agent.name}): {len(reference_correct)} reference flags for "
+                         f"{len(examples)} queries")
     plain = _greedy_verdicts(agent, examples, None, max_new_tokens=max_new_tokens, batch_size=batch_size)
     plain_correct = np.asarray([v.correct for v in plain])
     tasks = np.asarray([ex.task for ex in examples])
-    result: dict[str, Any] = {"agent": agent.name, "num_queries": len(examples), "alphas": {}, "by_task": {}}
+    result: dict[str, Any] = {
+        "agent": agent.name, "num_queries": len(examples), "plain_accuracy": float(plain_correct.mean()),
+        "plain_refusal_rate": float(np.mean([v.refused for v in plain])),
+        "alphas": {}, "by_task": {},
+        "queries": {"keys": [f"{ex.task}/{ex.id}" for ex in examples], "plain_correct": plain_correct.tolist(),
+                    "refused": {}, "answer_correct": {}},
+    }
+    if reference_correct is not None:
+        result["alphas_vs_reference"] = {}
     for alpha in alphas:
         verdicts = _greedy_verdicts(agent, examples, float(alpha), max_new_tokens=max_new_tokens,
                                     batch_size=batch_size)
         refused = np.asarray([v.refused for v in verdicts])
         correct = np.asarray([v.correct and not v.refused for v in verdicts])
         key = f"{float(alpha):g}"
+        result["queries"]["refused"][key] = refused.tolist()
+        result["queries"]["answer_correct"][key] = correct.tolist()
         result["alphas"][key] = assessment_scores(refused, plain_correct, correct)
+        if reference_correct is not None:
+            result["alphas_vs_reference"][key] = assessment_scores(refused, reference_correct, correct)
         for task in sorted(set(tasks.tolist())):
             rows = tasks == task
             result["by_task"].setdefault(task, {})[key] = assessment_scores(
@@ -117,6 +147,8 @@ def ensure_assessment(agent: Agent | Callable[[], Agent], examples: Sequence[Exa
     path = Path(path)
     fingerprint = {"query_keys": sorted(f"{ex.task}/{ex.id}" for ex in examples),
                    "alphas": [float(a) for a in alphas]}
+    if kwargs.get("reference_correct") is not None:
+        fingerprint["reference_correct"] = [bool(x) for x in kwargs["reference_correct"]]
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("fingerprint") == fingerprint:
@@ -135,19 +167,25 @@ def ensure_assessment(agent: Agent | Callable[[], Agent], examples: Sequence[Exa
 
 
 def format_table(rows: Sequence[tuple[str, str, dict[str, Any]]], alphas: Sequence[float]) -> str:
-    """One line per (agent, stage, assessment): refusal rate per α and accuracy / F1 per α."""
+    """One line per (agent, stage, assessment): plain-prompt accuracy, refusal rate per α,
+    accuracy / F1 per α against the agent's own plain answer and, where present, against the
+    reference (pre-trained agent's) answer, and the accuracy of the answers it gave per α."""
     keys = [f"{float(a):g}" for a in alphas]
-    header = (f"{'agent':<10} {'stage':<5} {'plain acc':>9} " + " ".join(f"{'refuse@' + k:>10}" for k in keys)
-              + " " + " ".join(f"{'acc/F1@' + k:>12}" for k in keys))
-    lines = [header]
 
     def fmt(x):
-        return "   -" if x is None else f"{x:.2f}"
+        return "-" if x is None else f"{x:.2f}"
 
+    head = [f"{'agent':<8}", f"{'stage':<5}", f"{'plain':>5}"]
+    head += [f"{'ref@' + k:>7}" for k in keys] + [f"{'acc/F1@' + k:>11}" for k in keys]
+    head += [f"{'vs-pre@' + k:>11}" for k in keys] + [f"{'ans.acc@' + k:>10}" for k in keys]
+    lines = [" ".join(head)]
     for name, stage, result in rows:
-        per = [result["alphas"].get(k, {}) for k in keys]
-        plain = per[0].get("plain_accuracy") if per else None
-        lines.append(f"{name:<10} {stage:<5} {fmt(plain):>9} "
-                     + " ".join(f"{fmt(p.get('refusal_rate')):>10}" for p in per) + " "
-                     + " ".join(f"{fmt(p.get('accuracy')) + '/' + fmt(p.get('f1')):>12}" for p in per))
+        own = [result.get("alphas", {}).get(k, {}) for k in keys]
+        ref = [result.get("alphas_vs_reference", {}).get(k, {}) for k in keys]
+        cells = [f"{name:<8}", f"{stage:<5}", f"{fmt(result.get('plain_accuracy')):>5}"]
+        cells += [f"{fmt(p.get('refusal_rate')):>7}" for p in own]
+        cells += [f"{fmt(p.get('accuracy')) + '/' + fmt(p.get('f1')):>11}" for p in own]
+        cells += [f"{fmt(p.get('accuracy')) + '/' + fmt(p.get('f1')):>11}" for p in ref]
+        cells += [f"{fmt(p.get('answered_accuracy')):>10}" for p in own]
+        lines.append(" ".join(cells))
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Command line for the toy agent pool.
 
-    python -m disrouter_jax.toy build --out DIR [--reduced] [--seed N] [--overwrite] [--quiet]
+    python -m disrouter_jax.toy build --out DIR [--reduced] [--seed N] [--overwrite] [--quiet] [--workers N]
     python -m disrouter_jax.toy show --out DIR
 
 `build` builds (or reuses, or completes) the pool in DIR and prints one line per agent: name,
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true",
                        help="replace agents built with a different config (otherwise an error)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--workers", type=int, default=None,
+                       help="agents pre-trained at once, one process each (default: 2 on 2+ cores)")
     show = commands.add_parser("show", help="print the table of an existing pool")
     show.add_argument("--out", required=True, help="pool directory")
     return parser
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             config = PoolConfig.reduced(seed=args.seed) if args.reduced else PoolConfig.default(seed=args.seed)
             started = time.perf_counter()
-            pool = build_pool(args.out, config, progress=not args.quiet, overwrite=args.overwrite)
+            pool = build_pool(args.out, config, progress=not args.quiet, overwrite=args.overwrite,
+                              workers=args.workers)
             elapsed = time.perf_counter() - started
             print(pool.table())
             print(f"pool {pool.root} (config {pool.config_hash}) ready in {elapsed:.1f}s")

@@ -2,14 +2,20 @@
 
 Two query families:
   * knowledge — facts about generated entities ("What is the home city of Zorvath?" -> "Blemfor").
-    Every fact has a hidden rarity in (0, 1); the agent at ladder level k of n is pre-trained on
+    Every fact has a hidden rarity in (0, 1), an entity's facts adjacent ones (an agent knows an
+    entity or not, as a language model does); the agent at ladder level k of n is pre-trained on
     exactly the facts whose rarity is below `exposure_fraction(k, n)`, which grows with k, so each
     agent's facts are a superset of the previous agent's. Facts with rarity >= `max_exposure` are in
     no corpus, so even the largest agent cannot know them. Nothing in a question's surface reveals
     its rarity: refusing well needs self-knowledge.
-  * skill — arithmetic whose difficulty is visible (more digits, more operands). Every agent sees the
-    same arithmetic corpus; bigger agents simply learn it better. Query problems never appear
-    verbatim in any corpus, so a correct answer means the agent computes it.
+  * skill — arithmetic whose difficulty is visible (more digits, more operands). Each tier has a
+    rarity, (tier + 0.5) / number of tiers, and its problems are taught to exactly the agents whose
+    exposure exceeds it (the same rule as facts): the cheapest agent knows the one-digit sums, the
+    largest every tier but the hardest. Agents
+    this small cannot learn to *compute* multi-digit arithmetic in CPU-minutes (measured: 0-4 of 30
+    held-out problems, whatever the size), so the ladder comes from what each was taught; what
+    differs from knowledge is that the difficulty is written in the question, so refusing can
+    use the surface. `skill_corpus_size` extra practice problems, never a query, are shared by all.
 
 Train / heldout splits partition the queries of both families; knowledge queries of both splits are
 about facts spread over the whole rarity range (the point is whether an agent knows them).
@@ -53,7 +59,7 @@ _CODAS = ("", "", "n", "r", "l", "s", "m")
 # Named random streams: each part of the world draws from its own generator, so changing one size
 # knob does not reshuffle unrelated parts.
 _STREAMS = {"names": 1, "values": 2, "rarity": 3, "knowledge_split": 4, "skill_queries": 5,
-            "skill_split": 6, "skill_corpus": 7, "corpus_order": 8}
+            "skill_split": 6, "skill_corpus": 7, "corpus_order": 8, "skill_rarity": 9, "ambiguity": 10}
 
 
 def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
@@ -79,6 +85,11 @@ class WorldConfig:
     skill_corpus_size: int = 3000
     heldout_fraction: float = 0.5
     tokenizer_vocab_size: int = 768
+    # Share of facts the corpus states ambiguously (see Fact.distractor): half of them 3:1 (an
+    # agent that saw the fact is right ~75 % of the time when sampling), half 2:1 (~67 %). They
+    # are what makes the scenario matter: answering them pays at Cost First (alpha=0.8, answer
+    # iff p > 0.45) and not at Performance First (alpha=0.2, p > 0.89).
+    ambiguous_fraction: float = 0.0
 
     def __post_init__(self):
         def fail(field: str, requirement: str):
@@ -108,6 +119,8 @@ class WorldConfig:
             fail("skill_queries_per_tier", "must be >= 1")
         if self.skill_corpus_size < 0:
             fail("skill_corpus_size", "must be >= 0")
+        if not 0.0 <= self.ambiguous_fraction <= 1.0:
+            fail("ambiguous_fraction", "must lie in [0, 1]")
         if not 0.0 < self.heldout_fraction < 1.0:
             fail("heldout_fraction", "must be strictly between 0 and 1")
         if self.tokenizer_vocab_size < 300:
@@ -127,6 +140,19 @@ class Fact:
     attribute: str
     value: str
     rarity: float  # hidden: an agent sees the fact iff rarity < its exposure fraction
+    # Ambiguous facts: the corpus states `value` in correct_rows rows and `distractor` (another
+    # value of the attribute) in one more, so an agent that saw it answers right with
+    # probability ~ certainty = correct_rows / (correct_rows + 1) when sampling.
+    distractor: str = ""
+    correct_rows: int = 1
+
+    @property
+    def certainty(self) -> float:
+        return 1.0 if not self.distractor else self.correct_rows / (self.correct_rows + 1)
+
+    def corpus_rows(self) -> tuple[tuple[str, str], ...]:
+        rows = [(self.question, self.value)] * (self.correct_rows if self.distractor else 1)
+        return tuple(rows + ([(self.question, self.distractor)] if self.distractor else []))
 
     @property
     def question(self) -> str:
@@ -138,8 +164,8 @@ class ToyQuery:
     """One query with its known answer.
 
     difficulty is in [0, 1]: for knowledge the fact's hidden rarity (the share of the ladder needed
-    to have seen it; >= max_exposure means no agent saw it), for skill the arithmetic tier scaled
-    to [0, 1]. `kind` is the attribute (knowledge) or the tier name (skill); `fact_id` links a
+    to have seen it; >= max_exposure means no agent saw it), for skill the tier's rarity,
+    (tier index + 0.5) / number of tiers. `kind` is the attribute (knowledge) or the tier name (skill); `fact_id` links a
     knowledge query to its fact and is "" for skill queries.
     """
 
@@ -260,11 +286,29 @@ class ToyWorld:
             for attribute in self.config.attributes:
                 pool = _ATTRIBUTE_SPECS[attribute][1] or self.cities
                 rows.append((entity, attribute, str(value_rng.choice(pool))))
-        # Evenly spaced rarities over a random order: exposure f covers exactly round(f * n) facts.
-        rank = _rng(self.config.seed, "rarity").permutation(len(rows))
-        return tuple(Fact(id=f"fact-{i:05d}", entity=e, attribute=a, value=v,
-                          rarity=(float(rank[i]) + 0.5) / len(rows))
-                     for i, (e, a, v) in enumerate(rows))
+        # Rarity belongs to the entity: an agent knows all of an entity's facts or none (except at
+        # its exposure boundary), as a language model knows an entity or not. Its facts get
+        # consecutive slots of evenly spaced rarities, so exposure f still covers exactly
+        # round(f * n) facts; which entities are rare is a random order.
+        entity_rank = _rng(self.config.seed, "rarity").permutation(len(self.entities))
+        num_attributes = len(self.config.attributes)
+        rank = [int(entity_rank[i // num_attributes]) * num_attributes + i % num_attributes
+                for i in range(len(rows))]
+        # Ambiguity is drawn independently of rarity: every agent sees some ambiguous facts.
+        ambiguity_rng = _rng(self.config.seed, "ambiguity")
+        num_ambiguous = round(self.config.ambiguous_fraction * len(rows))
+        ambiguous = {int(i): 3 if k % 2 == 0 else 2
+                     for k, i in enumerate(ambiguity_rng.permutation(len(rows))[:num_ambiguous])}
+        facts = []
+        for i, (entity, attribute, value) in enumerate(rows):
+            distractor = ""
+            if i in ambiguous:
+                pool = [v for v in (_ATTRIBUTE_SPECS[attribute][1] or self.cities) if v != value]
+                distractor = str(ambiguity_rng.choice(pool))
+            facts.append(Fact(id=f"fact-{i:05d}", entity=entity, attribute=attribute, value=value,
+                              rarity=(float(rank[i]) + 0.5) / len(rows), distractor=distractor,
+                              correct_rows=ambiguous.get(i, 1)))
+        return tuple(facts)
 
     def _make_knowledge_queries(self) -> tuple[ToyQuery, ...]:
         by_rarity = sorted(range(len(self.facts)), key=lambda i: self.facts[i].rarity)
@@ -281,7 +325,8 @@ class ToyWorld:
         cfg = self.config
         rng = _rng(cfg.seed, "skill_queries")
         split_rng = _rng(cfg.seed, "skill_split")
-        max_tier = max(len(self.skill_tiers) - 1, 1)
+        rarity_rng = _rng(cfg.seed, "skill_rarity")
+        num_tiers = len(self.skill_tiers)
         queries: list[ToyQuery] = []
         for tier in self.skill_tiers:
             problems: dict[str, str] = {}
@@ -293,12 +338,16 @@ class ToyWorld:
             else:
                 raise ValueError(f"WorldConfig.skill_queries_per_tier={cfg.skill_queries_per_tier}: "
                                  f"tier {tier.name!r} has too few distinct problems")
-            heldout = _systematic_heldout(len(problems), cfg.heldout_fraction, split_rng)
-            for (question, answer), is_heldout in zip(problems.items(), heldout):
+            # One rarity per tier: an agent is taught a tier wholly or not at all, so whether it
+            # can solve a problem is written in the problem (its digits and operands).
+            rarities = [(tier.index + 0.5) / num_tiers] * len(problems)
+            order = rarity_rng.permutation(len(problems))
+            heldout = dict(zip(order.tolist(), _systematic_heldout(len(problems), cfg.heldout_fraction, split_rng)))
+            for i, (question, answer) in enumerate(problems.items()):
                 queries.append(ToyQuery(
                     id=f"toy-skill-{len(queries):05d}", family=SKILL, question=question,
-                    answer=answer, difficulty=tier.index / max_tier,
-                    split=HELDOUT if is_heldout else TRAIN, kind=tier.name))
+                    answer=answer, difficulty=rarities[i],
+                    split=HELDOUT if heldout[i] else TRAIN, kind=tier.name))
         return tuple(queries)
 
     @functools.cached_property
@@ -360,9 +409,23 @@ class ToyWorld:
                 return level
         return None
 
-    def pretraining_corpus(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
-        """(question, answer) pairs agent_level is pre-trained on, in a fixed shuffled order."""
+    def taught_skill_queries(self, agent_level: int, num_levels: int) -> tuple[ToyQuery, ...]:
+        """Skill problems (both splits) in agent_level's corpus: rarity below its exposure."""
+        fraction = self.exposure_fraction(agent_level, num_levels)
+        return tuple(q for q in self.queries if q.family == SKILL and q.difficulty < fraction)
+
+    def taught_pairs(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        """(question, answer) of every query agent_level was taught: its facts and skill problems."""
         pairs = [(f.question, f.value) for f in self.visible_facts(agent_level, num_levels)]
+        pairs += [(q.question, q.answer) for q in self.taught_skill_queries(agent_level, num_levels)]
+        return tuple(pairs)
+
+    def pretraining_corpus(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        """(question, answer) pairs agent_level is pre-trained on, in a fixed shuffled order:
+        its facts' corpus rows (an ambiguous fact's distractor rows included), its skill problems
+        and the shared practice problems."""
+        pairs = [row for f in self.visible_facts(agent_level, num_levels) for row in f.corpus_rows()]
+        pairs += [(q.question, q.answer) for q in self.taught_skill_queries(agent_level, num_levels)]
         pairs += self.skill_corpus
         order = _rng(self.config.seed, "corpus_order", agent_level, num_levels).permutation(len(pairs))
         return tuple(pairs[i] for i in order)
@@ -372,7 +435,7 @@ class ToyWorld:
         some agent may see plus the arithmetic answers (no knowledge leaks into merges)."""
         texts = [q.question for q in self.queries]
         texts += [q.answer for q in self.queries if q.family == SKILL]
-        texts += [f.value for f in self.facts if f.rarity < self.config.max_exposure]
+        texts += [v for f in self.facts if f.rarity < self.config.max_exposure for v in (f.value, f.distractor) if v]
         for question, answer in self.skill_corpus:
             texts += [question, answer]
         return tuple(texts)
@@ -384,6 +447,7 @@ def describe(world: ToyWorld, num_levels: int) -> dict[str, object]:
         "facts": len(world.facts),
         "unknowable_facts": len(world.unknowable_facts()),
         "facts_per_level": [len(world.visible_facts(k, num_levels)) for k in range(num_levels)],
+        "skill_problems_per_level": [len(world.taught_skill_queries(k, num_levels)) for k in range(num_levels)],
         "queries": {f"{s}/{f}": len(world.queries_for(s, f)) for s in SPLITS for f in FAMILIES},
         "skill_tiers": [t.name for t in world.skill_tiers],
     }

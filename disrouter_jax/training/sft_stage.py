@@ -3,6 +3,18 @@
 For each configured scenario α the labels give targets with threshold δ = 1 − α, balanced
 accept/reject; the prompt carries that scenario's instruction, so one model learns every scenario.
 Batches are a pure function of the step index (an epoch-wise permutation from the seed).
+
+What is trained (``trainable``):
+  * ``"all"``: full fine-tuning (or LoRA adapters, chosen by the caller).
+  * ``"refusal_rows"``: only the embedding rows of the refusal's tokens (the model's input and,
+    with tied embeddings, output vectors of ``I don't know!``); every other weight stays exactly
+    as pre-trained. For an agent that has never produced the refusal (the toy agents never see it
+    in pre-training: its tokens start 10-17 nats below the answer) these rows are effectively new
+    tokens, and training a new token's rows alone is the standard way to add it without dragging
+    the rest of the network: full fine-tuning towards a 15-nat target moves every weight by
+    Adam's step size and erased most held-out facts of the toy agents. Refusing then becomes a
+    linear read-out of the agent's own final hidden state, i.e. of what it knows, and the same
+    rows let RL move each scenario's threshold.
 """
 
 from __future__ import annotations
@@ -11,7 +23,10 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from disrouter_jax.agents import Agent
 from disrouter_jax.generation import chat_prompt_ids
@@ -20,13 +35,17 @@ from disrouter_jax.selfaware.data import (
     TokenizedSFTExample,
     bucket_pad_batch,
     sft_targets,
+    should_answer,
     tokenize_sft_example,
 )
-from disrouter_jax.tasks.prompts import build_messages
+from disrouter_jax.tasks.prompts import REFUSAL, build_messages
 from disrouter_jax.tasks.registry import get_task
+from disrouter_jax.training.optim import OptimConfig, make_optimizer
 from disrouter_jax.training.sft import TokenBatch
 
 logger = logging.getLogger(__name__)
+TRAINABLE = ("all", "refusal_rows", "new_tokens")
+EMBEDDING_PARAM = "embedding_vd"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +79,16 @@ def build_sft_data(
     per_alpha = max(1, num_examples // len(alphas))
     examples, accepts, dropped = [], 0, 0
     for i, alpha in enumerate(alphas):
-        targets = sft_targets(records, alpha=alpha, balance=balance, seed=seed + i, max_examples=per_alpha)
+        alpha_balance = balance
+        if balance is not None and 0.0 < balance < 1.0:
+            answers = sum(should_answer(r.p_correct, alpha) for r in records)
+            if answers in (0, len(records)):
+                # One class is empty (e.g. a weak agent never reaches p >= 0.8): balancing is
+                # impossible, and the labels are still right — keep them all rather than drop α.
+                logger.warning("%s: alpha=%s has only %s targets (%d records); not balancing this scenario",
+                               agent.name, alpha, "refusal" if answers == 0 else "answer", len(records))
+                alpha_balance = None
+        targets = sft_targets(records, alpha=alpha, balance=alpha_balance, seed=seed + i, max_examples=per_alpha)
         for target in targets:
             prompt = scenario_prompt_ids(agent, target.task, target.prompt_question, alpha)
             response = agent.encode_response(target.response)
@@ -93,3 +121,88 @@ def sft_batch_fn(data: SFTData, *, batch_size: int, length_buckets: Sequence[int
         return TokenBatch.from_padded(padded), {"epoch": step * batch_size / n}
 
     return make_batch
+
+
+# ------------------------------------------------------------------------------ what is trained
+
+
+def refusal_token_ids(agent: Agent) -> tuple[int, ...]:
+    """The distinct token ids of the refusal text as the agent writes it (response encoding)."""
+    ids = tuple(dict.fromkeys(int(t) for t in agent.encode_response(REFUSAL)))
+    if not ids:
+        raise ValueError(f"agent {agent.name}: the refusal {REFUSAL!r} encodes to no token")
+    return ids
+
+
+def _is_embedding(path) -> bool:
+    return any(getattr(key, "key", getattr(key, "name", None)) == EMBEDDING_PARAM for key in path)
+
+
+def embedding_rows_optimizer(optim: OptimConfig, row_ids, vocab_size: int, *,
+                             train_other_params: bool = False) -> optax.GradientTransformation:
+    """``make_optimizer(optim)`` restricted to rows ``row_ids`` of the embedding matrix.
+
+    The other rows' gradients are zeroed before clipping and Adam, and their updates after them
+    (so weight decay cannot touch a frozen row either). Every other parameter the optimizer sees
+    is frozen the same way, or, with ``train_other_params`` (e.g. LoRA adapters next to the
+    rows), trained normally.
+    """
+    rows = np.asarray(sorted(set(int(i) for i in row_ids)), np.int64)
+    if rows.size == 0 or rows.min() < 0 or rows.max() >= vocab_size:
+        raise ValueError(f"embedding_rows_optimizer: row ids {rows.tolist()} must lie in [0, {vocab_size})")
+    row_mask_v1 = np.zeros((vocab_size, 1), np.float32)
+    row_mask_v1[rows] = 1.0
+
+    def only_rows(tree):
+        def one(path, x):
+            if _is_embedding(path):
+                if x.shape[0] != vocab_size:
+                    raise ValueError(f"{EMBEDDING_PARAM} has {x.shape[0]} rows, expected vocab_size={vocab_size}")
+                return x * jnp.asarray(row_mask_v1, x.dtype)
+            return x if train_other_params else jnp.zeros_like(x)
+
+        return jax.tree_util.tree_map_with_path(one, tree)
+
+    def mask_updates(updates, state, params=None):
+        del params
+        return only_rows(updates), state
+
+    masked = optax.GradientTransformation(lambda params: optax.EmptyState(), mask_updates)
+    return optax.chain(masked, make_optimizer(optim), masked)
+
+
+def scenario_only_token_ids(agent: Agent, examples, alphas: Sequence[float]) -> tuple[int, ...]:
+    """Tokens of the scenario prompts that no plain prompt of ``examples`` contains: the words of
+    the scenario instructions (their rows act as a soft prompt per scenario)."""
+    plain, scenario = set(), set()
+    for example in examples:
+        plain.update(agent.prompt_ids(example, None))
+        for alpha in alphas:
+            scenario.update(agent.prompt_ids(example, float(alpha)))
+    return tuple(sorted(scenario - plain))
+
+
+def trainable_rows(trainable: str, agent: Agent, examples=(), alphas: Sequence[float] = ()) -> tuple[int, ...] | None:
+    """Embedding rows a stage trains: None for every weight (``"all"``), the refusal's tokens
+    (``"refusal_rows"``), or those plus the scenario-only tokens (``"new_tokens"``: every token a
+    plain prompt never shows, so the agent's plain-prompt logits stay exactly as pre-trained
+    except for the refusal's)."""
+    if trainable == "all":
+        return None
+    if trainable == "refusal_rows":
+        return refusal_token_ids(agent)
+    if trainable == "new_tokens":
+        if not examples or not alphas:
+            raise ValueError("trainable='new_tokens' needs the training examples and the scenario alphas")
+        return tuple(sorted(set(refusal_token_ids(agent)) | set(scenario_only_token_ids(agent, examples, alphas))))
+    raise ValueError(f"trainable={trainable!r}: expected one of {TRAINABLE}")
+
+
+def stage_optimizer(optim: OptimConfig, rows: Sequence[int] | None, agent: Agent, *, with_lora: bool = False
+                    ) -> OptimConfig | optax.GradientTransformation:
+    """What ``create_train_state`` gets for a stage: the plain optimizer (``rows=None``) or one
+    restricted to those embedding rows (see :func:`trainable_rows`), next to LoRA adapters when
+    ``with_lora``."""
+    if rows is None:
+        return optim
+    return embedding_rows_optimizer(optim, rows, agent.model.config.vocab_size, train_other_params=with_lora)

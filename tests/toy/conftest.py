@@ -7,7 +7,9 @@ import pytest
 def reduced_pool(tmp_path_factory):
     """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
 
-    Treat it as read-only: tests that delete or rebuild parts copy it first.
+    Treat it as read-only: tests that delete or rebuild parts copy it first. Built with the default
+    workers (two agents at once, each in its own process), so the partial-rebuild test, which
+    rebuilds one agent in this process, also checks that both ways give the same bytes.
     """
     from disrouter_jax.toy.pool import PoolConfig, build_pool
 

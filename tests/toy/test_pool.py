@@ -11,13 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from disrouter_jax.tasks import get_task
+from disrouter_jax.tasks import REFUSAL, get_task, scenario_instruction
 from disrouter_jax.toy import pool as pool_lib
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.__main__ import main as cli_main
 from disrouter_jax.toy.pool import (
     AGENT_RECORD_FILE, POOL_FILE, AgentSpec, PoolConfig, PoolError, batch_stream, build_pool, default_costs,
     load_pool, plain_messages, pretraining_examples)
+from disrouter_jax.toy.pretrain import TokenCache
 from disrouter_jax.toy.tokenizer import IM_END, PAD_TOKEN, load_tokenizer
 from disrouter_jax.toy.world import FAMILIES, HELDOUT, KNOWLEDGE, SKILL, ToyWorld
 
@@ -45,7 +46,7 @@ def count_pretraining(monkeypatch):
     levels = []
     original = pool_lib.pretrain_agent
 
-    def recording(config, level, *args, **kwargs):
+    def recording(config, level, *args, **kwargs):  # noqa: D401
         levels.append(level)
         return original(config, level, *args, **kwargs)
 
@@ -89,6 +90,8 @@ def test_default_seed_sets_world_and_pool_seed():
     (dict(costs=(0.1, 0.2)), "costs"),
     (dict(costs=(0.4, 0.3, 0.6, 0.9)), "costs"),
     (dict(knowledge_fraction=1.5), "knowledge_fraction"),
+    (dict(recall_target=-0.1), "recall_target"),
+    (dict(check_every=0), "check_every"),
     (dict(agents=()), "agents"),
 ])
 def test_bad_pool_config_names_the_field(change, field):
@@ -104,7 +107,7 @@ def test_duplicate_agent_names_are_rejected():
 
 @pytest.mark.parametrize("change, field", [
     (dict(name="a/b"), "name"), (dict(hidden_size=0), "hidden_size"), (dict(hidden_size=30, num_heads=4), "hidden_size"),
-    (dict(num_kv_heads=3), "num_kv_heads"), (dict(learning_rate=0.0), "learning_rate"), (dict(steps=1.5), "steps"),
+    (dict(num_kv_heads=3), "num_kv_heads"), (dict(learning_rate=0.0), "learning_rate"), (dict(max_steps=1.5), "max_steps"),
 ])
 def test_bad_agent_spec_names_the_field(change, field):
     with pytest.raises(ValueError, match=rf"\.{field}="):
@@ -131,7 +134,10 @@ def test_pretraining_prompt_is_the_toy_task_prompt(world_and_tokenizer):
 def test_pretraining_examples_are_the_corpus_in_chat_format(world_and_tokenizer):
     world, tokenizer = world_and_tokenizer
     num_levels = 4
-    examples = pretraining_examples(world, tokenizer, 1, num_levels)
+    cache = TokenCache(tokenizer)
+    examples = pretraining_examples(world, tokenizer, 1, num_levels, cache=cache)
+    again = pretraining_examples(world, tokenizer, 1, num_levels, cache=cache)  # served from the cache
+    assert all(np.array_equal(a.input_ids, b.input_ids) for a, b in zip(examples[SKILL], again[SKILL]))
     corpus = world.pretraining_corpus(1, num_levels)
     assert len(examples[KNOWLEDGE]) == len(world.visible_facts(1, num_levels))
     assert len(examples[KNOWLEDGE]) + len(examples[SKILL]) == len(corpus)
@@ -144,9 +150,24 @@ def test_pretraining_examples_are_the_corpus_in_chat_format(world_and_tokenizer)
     assert answers == {answer for _, answer in corpus}
 
 
+def test_scenario_examples_carry_the_routing_prompt_and_plain_answers(world_and_tokenizer):
+    world, tokenizer = world_and_tokenizer
+    plain = pretraining_examples(world, tokenizer, 0, 4)
+    scenario = pretraining_examples(world, tokenizer, 0, 4, scenario=True)
+    for family in FAMILIES:
+        assert len(plain[family]) == len(scenario[family])
+        for p, s in zip(plain[family], scenario[family]):
+            assert np.array_equal(p.targets[p.loss_mask > 0], s.targets[s.loss_mask > 0])
+            assert len(s.input_ids) > len(p.input_ids) + 50
+    text = tokenizer.decode(scenario[KNOWLEDGE][0].input_ids)
+    assert scenario_instruction(0.2) in text or scenario_instruction(0.5) in text or scenario_instruction(0.8) in text
+    assert REFUSAL not in tokenizer.decode(scenario[KNOWLEDGE][0].targets[scenario[KNOWLEDGE][0].loss_mask > 0])
+
+
 def test_batch_stream_has_fixed_shape_mix_and_even_coverage(world_and_tokenizer):
     world, tokenizer = world_and_tokenizer
-    examples = pretraining_examples(world, tokenizer, 0, 4)
+    examples = pretraining_examples(world, tokenizer, 1, 4)  # level 1: facts and arithmetic
+    assert examples[KNOWLEDGE] and examples[SKILL]
     pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     stream = batch_stream(examples, batch_size=16, knowledge_fraction=0.25, length_bucket=48, pad_id=pad, seed=0)
     num_facts = len(examples[KNOWLEDGE])
@@ -188,19 +209,32 @@ def test_pool_json_is_the_agent_contract(reduced_pool):
         assert len(test_examples) == len(world.queries_for(HELDOUT, toy_tasks.FAMILY_OF_TASK[task_name]))
 
 
-@pytest.mark.xfail(reason="issue 5 open: the reduced pool's largest agent can still under-train "
-                          "(seen: held-out correct [7, 17, 23, 4]); the default pool's ladder is "
-                          "checked by the CLI build", strict=False)
 def test_capability_ladder_on_heldout_queries(reduced_pool):
     correct = [agent.heldout_correct_total for agent in reduced_pool.agents]
     total = sum(reduced_pool.agents[0].heldout_total.values())
-    # Strictness is checked on the default pool (the CLI build); at test size ties are allowed.
-    assert correct == sorted(correct), correct
+    assert all(a < b for a, b in zip(correct, correct[1:])), correct
     assert correct[-1] > correct[0], correct
     assert correct[0] > 0, "the smallest agent should not be useless"
     assert correct[-1] < total, "facts in no corpus keep the largest agent from being perfect"
     knowledge = [agent.heldout_correct[KNOWLEDGE] for agent in reduced_pool.agents]
     assert knowledge[-1] > knowledge[0], knowledge
+
+
+def test_agents_answer_the_same_under_the_routing_prompt(reduced_pool):
+    largest = reduced_pool.agents[-1]
+    plain, scenario = largest.heldout_correct_total, sum(largest.heldout_correct_scenario.values())
+    assert scenario >= 0.6 * plain > 0, (plain, scenario)
+
+
+def test_training_stops_once_the_facts_are_recalled(reduced_pool):
+    config = reduced_pool.config
+    for agent, spec in zip(reduced_pool.agents, config.agents):
+        record = json.loads((agent.path / AGENT_RECORD_FILE).read_text())
+        steps, losses = zip(*record["train_loss_curve"])
+        assert steps[-1] == record["train_steps"] <= spec.max_steps and losses[-1] < losses[0]
+        if record["train_steps"] < spec.max_steps:  # stopped early: the facts were recalled
+            assert record["fact_recall"] >= config.recall_target
+            assert record["fact_recall_scenario"] >= config.recall_target
 
 
 def test_agents_know_what_they_saw_and_not_what_they_did_not(reduced_pool):

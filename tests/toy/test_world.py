@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from disrouter_jax.toy.pool_config import PoolConfig
 from disrouter_jax.toy.world import (
     ATTRIBUTES, FAMILIES, HELDOUT, KNOWLEDGE, SKILL, SPLITS, TRAIN, ToyQuery, ToyWorld, WorldConfig,
     checker, describe, exposure_fraction, normalize_answer)
@@ -73,6 +74,15 @@ def test_fact_exposure_is_nested_and_grows(world, num_levels):
     assert len(previous) < len(world.facts)  # even the largest agent does not see everything
 
 
+def test_an_agent_knows_an_entity_wholly_or_not_at_all_but_at_its_boundary(world):
+    attributes = len(world.config.attributes)
+    for level in range(NUM_LEVELS):
+        seen = {f.entity: 0 for f in world.facts}
+        for fact in world.visible_facts(level, NUM_LEVELS):
+            seen[fact.entity] += 1
+        assert sum(0 < n < attributes for n in seen.values()) <= 1, seen
+
+
 def test_first_exposed_level_matches_visibility(world):
     for fact in world.facts:
         level = world.first_exposed_level(fact, NUM_LEVELS)
@@ -95,11 +105,57 @@ def test_unknowable_facts_are_in_no_corpus(world):
 
 def test_skill_corpus_is_shared_and_never_contains_a_query(world):
     query_questions = {q.question for q in world.queries if q.family == SKILL}
-    skill_pairs = [set(p for p in world.pretraining_corpus(k, NUM_LEVELS) if p[0].startswith("What is ")
-                       and p[0][8].isdigit()) for k in range(NUM_LEVELS)]
-    assert all(pairs == skill_pairs[0] for pairs in skill_pairs)
-    assert skill_pairs[0] == set(world.skill_corpus)
+    assert world.skill_corpus
     assert not {q for q, _ in world.skill_corpus} & query_questions
+    for level in range(NUM_LEVELS):
+        assert set(world.skill_corpus) <= set(world.pretraining_corpus(level, NUM_LEVELS))
+
+
+@pytest.mark.parametrize("num_levels", [1, 4, 5])
+def test_skill_problems_are_taught_by_tier_nested_and_grow(world, num_levels):
+    tiers = [t.name for t in world.skill_tiers]
+    previous = set()
+    for level in range(num_levels):
+        taught = set(world.taught_skill_queries(level, num_levels))
+        corpus = set(world.pretraining_corpus(level, num_levels))
+        assert previous <= taught
+        assert all(q in taught for q in world.queries if q.family == SKILL and q.kind in {t.kind for t in taught})
+        assert {(q.question, q.answer) for q in taught} <= corpus
+        untaught = [q for q in world.queries if q.family == SKILL and q not in taught]
+        assert not any((q.question, q.answer) in corpus for q in untaught)
+        # Visible difficulty: an agent is taught an easier tier before any problem of a harder one.
+        highest = max((tiers.index(q.kind) for q in taught), default=-1)
+        assert all(tiers.index(q.kind) > highest for q in untaught)
+        previous = taught
+    top = world.exposure_fraction(num_levels - 1, num_levels)
+    assert {q for q in world.queries if q.family == SKILL and q.difficulty < top} == previous
+
+
+def test_default_ladder_is_taught_one_more_tier_per_agent_and_never_the_hardest():
+    world = ToyWorld(PoolConfig().world)
+    taught = [{q.kind for q in world.taught_skill_queries(k, 5)} for k in range(5)]
+    assert [len(t) for t in taught] == [1, 2, 3, 4, 5]
+    assert world.skill_tiers[-1].name not in taught[-1]
+
+
+def test_ambiguous_facts_state_a_distractor_in_one_corpus_row_of_four_or_three():
+    world = ToyWorld(dataclasses.replace(WorldConfig.reduced(), ambiguous_fraction=0.5))
+    ambiguous = [f for f in world.facts if f.distractor]
+    assert len(ambiguous) == round(0.5 * len(world.facts))
+    assert {f.certainty for f in ambiguous} == {0.75, 2 / 3}
+    assert all(f.distractor != f.value for f in ambiguous)
+    assert all(f.certainty == 1.0 and f.corpus_rows() == ((f.question, f.value),)
+               for f in world.facts if not f.distractor)
+    top = NUM_LEVELS - 1
+    corpus = world.pretraining_corpus(top, NUM_LEVELS)
+    for fact in world.visible_facts(top, NUM_LEVELS):
+        rows = [answer for question, answer in corpus if question == fact.question]
+        assert rows.count(fact.value) == fact.correct_rows if fact.distractor else rows == [fact.value]
+        assert rows.count(fact.distractor) == (1 if fact.distractor else 0)
+    # The majority value is what the agent is taught (and what queries expect).
+    assert set(world.taught_pairs(top, NUM_LEVELS)) >= {(f.question, f.value) for f in ambiguous
+                                                          if f.rarity < world.exposure_fraction(top, NUM_LEVELS)}
+    assert {q.answer for q in world.queries if q.fact_id == ambiguous[0].id} == {ambiguous[0].value}
 
 
 def _evaluate_question(question):
@@ -120,10 +176,14 @@ def test_skill_answers_are_correct_and_tiers_ordered(world):
     by_tier = {}
     for q in world.queries_for(HELDOUT, SKILL) + world.queries_for(TRAIN, SKILL):
         digits = max(len(x) for x in re.findall(r"\d+", q.question))
-        by_tier.setdefault(q.difficulty, set()).add(digits)
-    difficulties = sorted(by_tier)
-    assert difficulties[0] == 0.0 and difficulties[-1] == 1.0
-    assert [max(by_tier[d]) for d in difficulties] == sorted(max(by_tier[d]) for d in difficulties)
+        by_tier.setdefault(q.kind, []).append((q.difficulty, digits, q.question.count(" ")))
+    # Tiers in difficulty order never drop in digits, and their rarity ranges do not overlap.
+    ordered = sorted(by_tier.values(), key=lambda rows: min(r[0] for r in rows))
+    assert [max(r[1] for r in rows) for rows in ordered] == sorted(max(r[1] for r in rows) for rows in ordered)
+    for easier, harder in zip(ordered, ordered[1:]):
+        assert max(r[0] for r in easier) < min(r[0] for r in harder)
+    assert all(len({r[0] for r in rows}) == 1 for rows in ordered)  # one rarity per tier
+    assert 0.0 < ordered[0][0][0] and max(r[0] for r in ordered[-1]) < 1.0
 
 
 def test_splits_partition_queries_across_families_and_rarities(world):
@@ -191,6 +251,7 @@ def test_normalize_answer_collapses_whitespace():
     ("num_entities", 0), ("attributes", ("shoe size",)), ("attributes", ("job", "job")),
     ("min_exposure", 0.0), ("max_exposure", 1.5), ("heldout_fraction", 1.0),
     ("skill_operations", ("*",)), ("skill_max_operands", 1), ("tokenizer_vocab_size", 100),
+    ("ambiguous_fraction", 1.5),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=r"WorldConfig\.\w+="):
