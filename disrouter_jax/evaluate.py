@@ -258,14 +258,13 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     separate_base = e.baseline_agents == "base" and [s.path for s in base_specs] != [s.path for s in specs]
     base_agents = ([load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in base_specs]
                    if separate_base else agents)
-    stores = {} if multi_process else {id(agents): ReplyStore(workdir / "eval" / "replies"),
-                                       id(base_agents): ReplyStore(workdir / "eval" / ("base_replies" if separate_base
-                                                                                       else "replies"))}
+    # Cached generations: the evaluated agents' in eval/replies, the untrained pool's in eval/base_replies.
+    stores = {} if multi_process else {name: ReplyStore(workdir / "eval" / name) for name in ("replies", "base_replies")}
 
-    def agents_replies(pool_agents, qs, modes_alphas):
+    def agents_replies(pool_agents, qs, modes_alphas, store_name):
         if not multi_process:
             return engine.all_agents_replies(pool_agents, qs, modes_alphas, engine_cfg, forced=True,
-                                             store=stores[id(pool_agents)])
+                                             store=stores[store_name])
 
         def per_query(block):
             reps = engine.all_agents_replies(pool_agents, block, modes_alphas, engine_cfg, forced=True)
@@ -277,8 +276,9 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
 
     def all_replies(qs, modes_alphas):
         """Every agent's replies, and the baseline pool's plain replies under "base_plain"."""
-        reps = agents_replies(agents, qs, modes_alphas)
-        reps["base_plain"] = agents_replies(base_agents, qs, ())[engine.PLAIN] if separate_base else reps[engine.PLAIN]
+        reps = agents_replies(agents, qs, modes_alphas, "replies")
+        reps["base_plain"] = (agents_replies(base_agents, qs, (), "base_replies")[engine.PLAIN] if separate_base
+                              else reps[engine.PLAIN])
         return reps
 
     replies = all_replies(queries, alphas)
