@@ -20,11 +20,11 @@ the step time, against the device's peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +58,19 @@ def make_prompts(batch: int, min_len: int, max_len: int, vocab: int, seed: int) 
 
 
 class JaxEngine:
-    def __init__(self, ckpt: Path, dtype: str):
+    def __init__(self, model):
+        from disrouter_jax.generation import generate
+
+        self.model = model
+        self._generate = generate
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Path, dtype: str) -> "JaxEngine":
         import jax.numpy as jnp
 
-        from disrouter_jax.generation import generate
         from disrouter_jax.models import qwen2
 
-        self.model = qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype))
-        self._generate = generate
+        return cls(qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype)))
 
     def run(self, prompts, max_new_tokens: int) -> int:
         out = self._generate(self.model, prompts, max_new_tokens=max_new_tokens,
@@ -126,8 +131,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", default=None,
                         help="torch intra-op thread counts to try, e.g. '2,1' (default: the CPUs "
                              "this process may use); the fastest is the baseline")
+    parser.add_argument("--checkpoint-cache", default=None,
+                        help="build the random checkpoint once under this directory and reuse it")
+    parser.add_argument("--random-init", action="store_true",
+                        help="random weights made by JAX on the device, no checkpoint and no "
+                             "PyTorch run (bandwidth on large shapes)")
     parser.add_argument("--output", default=str(harness.RESULTS_DIR / "generation.json"))
     args = parser.parse_args(argv)
+    args.skip_torch = args.skip_torch or args.random_init
 
     import jax
     import torch
@@ -169,9 +180,15 @@ def main(argv=None) -> dict:
           f"(threads {thread_counts}), load average {result['cpu_load_average_1min']:.1f}",
           file=sys.stderr)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = harness.build_checkpoint(shape, Path(tmp) / "ckpt")
-        ours = JaxEngine(ckpt, args.dtype)
+    if args.random_init:
+        source = contextlib.nullcontext(None)
+    else:
+        source = harness.checkpoint(shape, shape_name, args.checkpoint_cache)
+    with source as ckpt:
+        if ckpt is None:
+            ours = JaxEngine(harness.random_model(shape, args.dtype))
+        else:
+            ours = JaxEngine.from_checkpoint(ckpt, args.dtype)
         result["num_params"] = ours.model.config.num_params
         theirs = None if args.skip_torch else TorchEngine(ckpt, args.dtype, torch_device)
         for batch in batch_sizes:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +45,27 @@ TINY = ModelShape(4096, 128, 384, 2, 4, 2)
 MID = ModelShape(32000, 512, 1536, 8, 8, 2)
 # Qwen2.5-0.5B's architecture (random weights: no download needed).
 QWEN25_05B = ModelShape(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True)
-SHAPES = {"tiny": TINY, "mid": MID, "qwen2.5-0.5b": QWEN25_05B}
+QWEN25_7B = ModelShape(152064, 3584, 18944, 28, 28, 4)
+SHAPES = {"tiny": TINY, "mid": MID, "qwen2.5-0.5b": QWEN25_05B, "qwen2.5-7b": QWEN25_7B}
+
+
+def random_model(shape: ModelShape, dtype: str):
+    """Our model with random weights straight on the default device (no checkpoint, no PyTorch):
+    for bandwidth runs on shapes too large to build through transformers in a short lease."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from disrouter_jax.models import qwen2
+
+    config = qwen2.Qwen2Config(
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size, num_layers=shape.num_hidden_layers,
+        num_heads=shape.num_attention_heads, num_kv_heads=shape.num_key_value_heads,
+        head_dim=shape.hidden_size // shape.num_attention_heads,
+        tie_word_embeddings=shape.tie_word_embeddings,
+    )
+    jdtype = getattr(jnp, dtype)
+    return qwen2.Qwen2(config, dtype=jdtype, param_dtype=jdtype, rngs=nnx.Rngs(0))
 
 
 def lookup(table, device_kind: str):
@@ -63,6 +86,20 @@ def build_checkpoint(shape: ModelShape, out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def checkpoint(shape: ModelShape, name: str, cache_dir: str | None = None):
+    """A random checkpoint of ``shape``: built in a temporary directory, or once under
+    ``cache_dir/name`` and reused by later runs (a 0.5B-shape build takes a while)."""
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield build_checkpoint(shape, Path(tmp) / "ckpt")
+        return
+    out = Path(cache_dir) / name
+    if not (out / "config.json").is_file() or not (out / "model.safetensors").is_file():
+        build_checkpoint(shape, out)
+    yield out
+
+
 def best_time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -80,6 +117,7 @@ def environment() -> dict:
     return {
         "jax_backend": jax.default_backend(),
         "device_kind": device.device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +50,8 @@ def make_batch(batch: int, length: int, vocab: int, seed: int = 0):
 
 
 class JaxTrainer:
-    def __init__(self, ckpt, dtype: str, kind: str, batch_arrays):
+    def __init__(self, ckpt, dtype: str, kind: str, batch_arrays, attention: str = "auto",
+                 float32_head: bool = False):
         import jax
         import jax.numpy as jnp
         from flax import nnx
@@ -64,8 +63,10 @@ class JaxTrainer:
         from disrouter_jax.training.state import create_train_state
 
         self.jax = jax
-        model = qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype), param_dtype=jnp.float32)
+        model = qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype), param_dtype=jnp.float32,
+                                      attention_impl=attention, float32_head=float32_head)
         self.config = model.config
+        self.attention_impl = model.attention_impl
         optim = OptimConfig(learning_rate=1e-5, total_steps=10_000, decay="constant")
         self.state = create_train_state(model, optim, wrt=nnx.Param)
         ids, targets, mask, adv, old = batch_arrays
@@ -130,6 +131,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"],
+                        help="auto: cuDNN flash attention on GPUs in bfloat16, else XLA einsums")
+    parser.add_argument("--float32-head", action="store_true",
+                        help="LM head matmul accumulates into float32 logits (default: --dtype, "
+                             "upcast after, as transformers does)")
+    parser.add_argument("--checkpoint-cache", default=None,
+                        help="build each random checkpoint once under this directory and reuse it")
     parser.add_argument("--output", default=str(harness.RESULTS_DIR / "train_step.json"))
     args = parser.parse_args(argv)
 
@@ -145,15 +153,16 @@ def main(argv=None) -> dict:
     rows = []
     for size in args.sizes.split(","):
         shape = harness.SHAPES[size]
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = harness.build_checkpoint(shape, Path(tmp) / "ckpt")
+        with harness.checkpoint(shape, size, args.checkpoint_cache) as ckpt:
             arrays = make_batch(args.batch, args.length, shape.vocab_size)
             for kind in args.kinds.split(","):
-                ours = JaxTrainer(ckpt, args.dtype, kind, arrays)
+                ours = JaxTrainer(ckpt, args.dtype, kind, arrays, args.attention,
+                                  float32_head=args.float32_head)
                 ours.run(2)  # compile + one warm step
                 t_jax = harness.best_time(lambda: ours.run(args.steps), args.repeats) / args.steps
                 flops = flops_per_step(ours.config, args.batch, args.length)
                 row = {"size": size, "kind": kind, "params": ours.config.num_params,
+                       "attention": ours.attention_impl, "float32_head": args.float32_head,
                        "jax_step_s": t_jax, "jax_tokens_per_s": tokens / t_jax,
                        "flops_per_step": flops, "jax_tflops_per_s": flops / t_jax / 1e12}
                 if peak:
@@ -180,11 +189,11 @@ def print_table(result: dict) -> None:
     print(f"\n{result['device_kind']} ({result['jax_backend']}), {result['dtype']}, batch "
           f"{result['batch']} x {result['length']} tokens, torch on {result['torch_device']} "
           f"({result['torch_threads']} threads)")
-    print(f"{'size':>13} {'kind':>4} {'params':>8} {'jax tok/s':>10} {'torch tok/s':>11} "
+    print(f"{'size':>13} {'kind':>4} {'attn':>5} {'params':>8} {'jax tok/s':>10} {'torch tok/s':>11} "
           f"{'speedup':>7} {'TFLOP/s':>8} {'MFU':>6}")
     for r in result["rows"]:
         mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
-        print(f"{r['size']:>13} {r['kind']:>4} {r['params'] / 1e6:>7.1f}M {r['jax_tokens_per_s']:>10.0f} "
+        print(f"{r['size']:>13} {r['kind']:>4} {r.get('attention', '?'):>5} {r['params'] / 1e6:>7.1f}M {r['jax_tokens_per_s']:>10.0f} "
               f"{r.get('torch_tokens_per_s', float('nan')):>11.0f} "
               f"{r.get('speedup_vs_torch', float('nan')):>6.2f}x {r['jax_tflops_per_s']:>8.3f} {mfu}")
 

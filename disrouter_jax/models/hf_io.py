@@ -165,6 +165,8 @@ def from_pretrained(
     param_dtype=None,
     mesh: jax.sharding.Mesh | None = None,
     rules=None,
+    attention_impl: str = "auto",
+    float32_head: bool = False,
 ) -> Qwen2:
     """Loads a Hugging Face Qwen2 checkpoint directory as a (sharded) NNX model."""
     ckpt_dir = resolve_checkpoint_dir(path)
@@ -172,7 +174,8 @@ def from_pretrained(
     param_dtype = dtype if param_dtype is None else param_dtype
     ctx = None if mesh is None else sharding_lib.ShardingContext(mesh, sharding_lib.freeze_rules(rules))
     abstract = nnx.eval_shape(
-        lambda: Qwen2(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), sharding=ctx)
+        lambda: Qwen2(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), sharding=ctx,
+                      attention_impl=attention_impl, float32_head=float32_head)
     )
     graphdef, state = nnx.split(abstract)
     variables = dict(nnx.to_flat_state(state))

@@ -136,3 +136,21 @@ def test_random_init_model_runs():
     assert config.num_params == sum(
         v.get_value().size for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
     )
+
+
+def test_unmasked_forward_takes_the_causal_path_with_the_same_logits(loaded):
+    """No attention mask = plain causal attention (the path the fused GPU kernel serves)."""
+    _, model, _ = loaded("gqa2")
+    ids = jnp.asarray(INPUT_IDS)
+    unmasked = np.asarray(model(ids))
+    explicit = np.asarray(model(ids, attention_mask_bt=jnp.ones_like(ids)))
+    np.testing.assert_allclose(unmasked, explicit, atol=1e-6)
+
+
+def test_attention_impl_resolution():
+    assert qwen2.resolve_attention_impl("xla", jnp.bfloat16) == "xla"
+    expected = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    assert qwen2.resolve_attention_impl("auto", jnp.bfloat16) == expected
+    assert qwen2.resolve_attention_impl("auto", jnp.float32) == "xla"
+    with pytest.raises(ValueError, match="attention_impl"):
+        qwen2.resolve_attention_impl("flash", jnp.float32)
