@@ -74,6 +74,11 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     # The paper balances answer/refusal targets 50/50. The toy agents are too small for that prior:
     # the cheapest one gets ~75 % of queries wrong, and balanced targets teach it to answer half.
     c.sft.balance = None if setup == "toy" else 0.5
+    # Loss weight of a refusal target: (1 - alpha) ** refusal_weight_gamma (answers weigh 1); 0 =
+    # unweighted (the paper). Toy: the labels of the 72 training queries differ between scenarios
+    # on a handful of queries only, too little for the scenario to move held-out refusals (they
+    # did not fall with alpha); weights .64 / .25 / .04 make the cheaper scenario refuse less.
+    c.sft.refusal_weight_gamma = 2.0 if setup == "toy" else 0.0
     c.sft.steps = 200 if setup == "toy" else 1000
     c.sft.batch_size = 32 if setup == "toy" else 16
     c.sft.grad_accum = 1
@@ -81,7 +86,9 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.sft.warmup_steps = 10 if setup == "toy" else 50
     c.sft.weight_decay = 0.0
     c.sft.max_grad_norm = 1.0
-    c.sft.length_buckets = (128, 256) if setup == "toy" else (256, 512, 1024, 2048)
+    # Toy: scenario prompts are up to 125 tokens (+ 16 generated in RL); with a 128 bucket most
+    # batches held one longer example and were padded to 256, twice the work.
+    c.sft.length_buckets = (144, 256) if setup == "toy" else (256, 512, 1024, 2048)
     # "all": full fine-tuning (or LoRA alone when lora.enabled); "refusal_rows": the embedding rows
     # of the refusal's tokens; "new_tokens": those and the rows of the scenario instructions' own
     # words (a learned prompt per scenario); with lora.enabled, adapters next to the rows (see
@@ -92,7 +99,7 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     # Stage 3: scenario-conditioned policy gradient.
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 10_000
-    c.rl.steps = 40 if setup == "toy" else 500
+    c.rl.steps = 20 if setup == "toy" else 500
     c.rl.prompts_per_step = 16
     c.rl.group_size = 8
     c.rl.gamma = 0.5
@@ -100,7 +107,9 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.rl.max_new_tokens = 16 if setup == "toy" else 512
     c.rl.clip_eps = 0.2
     c.rl.kl_coef = 0.0
-    c.rl.normalize_advantages = True
+    # Toy: raw advantages keep the scenario's scale (refusing a query it gets wrong earns .89 at
+    # alpha 0.2, .45 at 0.8); dividing by the group's std gives every scenario the same push.
+    c.rl.normalize_advantages = setup != "toy"
     c.rl.learning_rate = 3e-3 if setup == "toy" else 1e-6
     c.rl.warmup_steps = 5 if setup == "toy" else 20
     c.rl.max_grad_norm = 1.0

@@ -225,6 +225,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             data = build_sft_data(
                 agent, records, alphas=tuple(config.alphas), num_examples=config.sft.num_examples,
                 balance=config.sft.balance, max_len=max(config.sft.length_buckets), seed=config.seed,
+                refusal_weight_gamma=config.sft.get("refusal_weight_gamma", 0.0),
             )
             logger.info("%s: %d SFT examples, %.0f%% answer targets", spec.name, len(data.examples),
                         100 * data.accept_fraction)

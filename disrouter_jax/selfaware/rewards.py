@@ -144,7 +144,8 @@ def masked_cross_entropy(logits_btv, targets_bt, loss_mask_bt):
     Args:
       logits_btv: [B, T, V] logits (any float dtype; softmax is done in float32).
       targets_bt: [B, T] next-token ids; ids at masked-out positions are ignored entirely.
-      loss_mask_bt: [B, T] 1 on response tokens (and the end-of-turn token), 0 on prompt/padding.
+      loss_mask_bt: [B, T] 1 on response tokens (and the end-of-turn token), 0 on prompt/padding;
+        other non-negative values weigh their token (the loss is then the weighted mean).
 
     Returns:
       (loss, num_tokens): float32 scalars. ``loss`` is the mean over masked tokens (0.0 for an

@@ -6,7 +6,8 @@ Batch layout (shared with the RL step): next-token layout, right-padded, as prod
     input_ids_bt[b, t] predicts targets_bt[b, t] (= the sequence shifted by one)
     loss_mask_bt[b, t] = 1 where targets_bt[b, t] is trained on (response tokens and end-of-turn
                          for SFT; every real token for plain language-model pre-training), 0 on
-                         prompt and padding positions.
+                         prompt and padding positions. A value other than 1 weighs that token
+                         (e.g. scenario-weighted refusal targets); the loss is the weighted mean.
 
 Each row starts at position 0; with causal attention, right padding cannot influence real tokens,
 so no attention mask is needed. An optional ``attention_mask_bt`` (1 on real tokens) supports

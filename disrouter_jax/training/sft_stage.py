@@ -34,6 +34,7 @@ from disrouter_jax.selfaware.data import (
     LabelRecord,
     TokenizedSFTExample,
     bucket_pad_batch,
+    sft_refusal_weight,
     sft_targets,
     should_answer,
     tokenize_sft_example,
@@ -71,8 +72,14 @@ def build_sft_data(
     balance: float | None,
     max_len: int,
     seed: int,
+    refusal_weight_gamma: float = 0.0,
 ) -> SFTData:
-    """Tokenized SFT examples over all scenarios: ``num_examples`` split evenly across α."""
+    """Tokenized SFT examples over all scenarios: ``num_examples`` split evenly across α.
+
+    ``refusal_weight_gamma`` > 0 weights the loss of each refusal target by
+    ``sft_refusal_weight(alpha, refusal_weight_gamma)`` = (1 − α)^γw (answer targets weigh 1), so
+    the scenario's cost of refusing moves its refusal prior; 0 keeps every example at weight 1.
+    """
     eos_id = agent.tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError(f"agent {agent.name}: tokenizer has no eos_token (the end-of-turn token)")
@@ -95,7 +102,11 @@ def build_sft_data(
             if len(prompt) + len(response) > max_len:  # nothing is truncated: drop and count
                 dropped += 1
                 continue
-            examples.append(tokenize_sft_example(prompt, response, eos_id, max_len))
+            example = tokenize_sft_example(prompt, response, eos_id, max_len)
+            weight = 1.0 if target.answers else sft_refusal_weight(alpha, refusal_weight_gamma)
+            if weight != 1.0:
+                example = example._replace(loss_mask=example.loss_mask * np.float32(weight))
+            examples.append(example)
             accepts += target.answers
     if not examples:
         raise ValueError(f"agent {agent.name}: no SFT example fits max_len={max_len}")

@@ -41,3 +41,28 @@ def test_bad_row_ids_are_rejected():
         embedding_rows_optimizer(SFT_OPTIM, [10], vocab_size=10)
     with pytest.raises(ValueError, match="must lie in"):
         embedding_rows_optimizer(SFT_OPTIM, [], vocab_size=10)
+
+
+def test_build_sft_data_weights_refusal_targets_by_scenario(tmp_path):
+    """Refusal targets weigh (1 - alpha) ** gamma_w in the loss mask, answer targets 1."""
+    from disrouter_jax.agents import AgentSpec, load_agent
+    from disrouter_jax.selfaware.data import LabelRecord
+    from disrouter_jax.training.sft_stage import build_sft_data
+    from tests.cascade import scripted_agents as sa
+
+    sa.scripted_task()
+    agent = load_agent(AgentSpec("a", str(sa.build_agent_checkpoint(tmp_path / "a", 0)), 0.1), dtype="float32")
+    records = [LabelRecord(agent="a", task=sa.TASK_NAME, query_id=f"q{i}", p_correct=p, num_samples=4,
+                           correct_response="7" if p else None, prompt_question=f"q{i} Lzero", gold="7")
+               for i, p in enumerate((0.0, 0.25, 1.0))]
+    alphas = (0.2, 0.8)
+    kwargs = dict(alphas=alphas, num_examples=6, balance=None, max_len=64, seed=0)
+    plain = build_sft_data(agent, records, **kwargs)
+    weighted = build_sft_data(agent, records, refusal_weight_gamma=1.0, **kwargs)
+    assert all(set(np.unique(ex.loss_mask)) <= {0.0, 1.0} for ex in plain.examples)
+    weights = sorted(float(ex.loss_mask.max()) for ex in weighted.examples)
+    # alpha 0.2: p < 0.8 refuses (2 records, weight 0.8), alpha 0.8: p < 0.2 refuses (1, weight 0.2).
+    np.testing.assert_allclose(weights, [0.2, 0.8, 0.8, 1.0, 1.0, 1.0], rtol=1e-6)
+    for a, b in zip(plain.examples, weighted.examples):  # same examples, same order, only rescaled
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        np.testing.assert_array_equal(a.loss_mask > 0, b.loss_mask > 0)
