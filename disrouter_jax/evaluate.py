@@ -54,7 +54,7 @@ from absl import app, flags
 from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
-from disrouter_jax import distributed, pipeline
+from disrouter_jax import distributed, pipeline, runtime
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -460,6 +460,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
 
 def main(argv) -> None:
     del argv
+    runtime.keep_freed_memory()
     run_cli(flags.FLAGS)  # app.run exits with main's return value: return nothing
 
 

@@ -29,7 +29,9 @@ def default_workdir(config_path: str, config_string: str | None) -> Path:
 
 def main(argv):
     del argv
-    from disrouter_jax import distributed, pipeline
+    from disrouter_jax import distributed, pipeline, runtime
+
+    runtime.keep_freed_memory()
 
     distributed.initialize()
     config = _CONFIG.value

@@ -18,6 +18,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from disrouter_jax import runtime  # noqa: E402
+
+# Before JAX starts its threads: the suite is hundreds of small XLA:CPU programs (see runtime.py).
+runtime.keep_freed_memory()
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 

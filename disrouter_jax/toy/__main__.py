@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 
+from disrouter_jax import runtime
 from disrouter_jax.toy.pool import PoolConfig, PoolError, build_pool, load_pool
 
 
@@ -57,4 +58,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the process is ours (not a library caller's): see keep_freed_memory
     sys.exit(main())

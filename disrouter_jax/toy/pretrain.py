@@ -9,10 +9,10 @@ Training (`pretrain_agent`), with `training.sft.make_sft_step` (masked CE, AdamW
 learning rate after warm-up): batches of plain prompts (mostly facts), every `scenario_every`-th
 one with scenario system prompts instead (the routing prompt of later stages, answered plainly),
 until the agent recalls `recall_target` of its facts under both kinds of prompt (checked every
-`check_every` steps, teacher-forced greedy) or `max_steps`. Stopping on recall keeps the time
-bounded while making every agent actually learn its facts: when the plateau before recall ends
-varies from seed to seed, so a fixed step count would leave some agents with nothing memorised and
-break the capability ladder.
+`check_every` steps, teacher-forced greedy: `RecallCheck`) or `max_steps`. Stopping on recall keeps
+the time bounded while making every agent actually learn its facts: when the plateau before recall
+ends varies from seed to seed, so a fixed step count would leave some agents with nothing memorised
+and break the capability ladder.
 
 Scoring (`score_agent`): greedy generation on every query of a split, checked by the toy tasks.
 """
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from disrouter_jax.generation import chat_prompt_ids, generate, stop_token_ids_for
+from disrouter_jax.generation import BucketConfig, chat_prompt_ids, generate, stop_token_ids_for
 from disrouter_jax.models import qwen2
 from disrouter_jax.selfaware.data import TokenizedSFTExample, bucket_pad_batch, tokenize_sft_example
 from disrouter_jax.tasks.example import Example
@@ -155,6 +155,42 @@ def recalled_rows(model: qwen2.Qwen2, rows: TokenBatch) -> np.ndarray:
                                      jnp.asarray(rows.loss_mask_bt)))
 
 
+class RecallCheck:
+    """Share of the taught pairs an agent recalls (`recalled_rows`) under plain prompts and, with
+    scenario batches, under scenario prompts.
+
+    Both sets are padded to one shape [pairs, longest of either], so one compiled program checks
+    either. The scenario set is checked only where it can matter: when the plain set reaches the
+    target (training may stop) and for the final report. Below the target on plain prompts training
+    goes on whatever the scenario recall, so skipping it there changes neither the stopping step nor
+    the reported recall, and halves the cost of most checks.
+    """
+
+    def __init__(self, plain: Sequence[TokenizedSFTExample], scenario: Sequence[TokenizedSFTExample] | None, *,
+                 pad_id: int, target: float):
+        width = max((len(ex.input_ids) for ex in [*plain, *(scenario or ())]), default=1)
+        self._plain, self._scenario = (
+            None if examples is None else TokenBatch.from_padded(bucket_pad_batch(examples, [width], pad_id))
+            for examples in (plain, scenario))
+        self.num_pairs = len(plain)
+        self.target = target
+
+    def __call__(self, model: qwen2.Qwen2, *, final: bool = False) -> tuple[float, float | None]:
+        """(plain recall, scenario recall): scenario is None without scenario batches and NaN where
+        it was skipped (plain recall below the target and not `final`)."""
+        if self.num_pairs == 0:
+            return 1.0, None if self._scenario is None else 1.0
+        plain = float(recalled_rows(model, self._plain).mean())
+        if self._scenario is None:
+            return plain, None
+        if plain < self.target and not final:
+            return plain, float("nan")
+        return plain, float(recalled_rows(model, self._scenario).mean())
+
+    def reached(self, recalled: tuple[float, float | None]) -> bool:
+        return all(r >= self.target for r in recalled if r is not None)  # NaN (skipped) >= target is False
+
+
 def agent_model_config(config: PoolConfig, level: int, tokenizer) -> qwen2.Qwen2Config:
     ids = special_ids(tokenizer)
     # As in Qwen2.5: eos = <|im_end|>, bos = <|endoftext|> (never prepended by the tokenizer).
@@ -193,20 +229,10 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
 
     # Recall is checked on every taught pair (facts and skill problems), not on practice problems.
     plain_batches, facts = stream(False, spec.batch_size, 1)
-    num_facts = len(facts)
-    scenario_batches = None
+    scenario_batches, scenario_facts = None, None
     if config.scenario_every:
         scenario_batches, scenario_facts = stream(True, config.scenario_batch_size, 2)
-        facts = facts + scenario_facts
-    # Plain and scenario facts in one batch: one compilation of the recall check.
-    fact_rows = TokenBatch.from_padded(bucket_pad_batch(facts, [max(map(len, (f.input_ids for f in facts)), default=1)],
-                                                        pad_id))
-
-    def recall(model) -> tuple[float, float | None]:
-        rows = recalled_rows(model, fact_rows)
-        if num_facts == 0:
-            return 1.0, None if scenario_batches is None else 1.0
-        return float(rows[:num_facts].mean()), None if scenario_batches is None else float(rows[num_facts:].mean())
+    recall = RecallCheck(facts, scenario_facts, pad_id=pad_id, target=config.recall_target)
 
     optim = OptimConfig(learning_rate=spec.learning_rate, total_steps=spec.max_steps,
                         warmup_steps=config.warmup_steps, decay="constant", weight_decay=config.weight_decay,
@@ -230,9 +256,9 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
                 raise FloatingPointError(f"agent {spec.name!r}: non-finite loss or gradient at step {step} "
                                          f"(loss={float(host['loss'])}); lower its learning_rate")
             loss_curve.append((step, round(float(host["loss"]), 4)))
-            recalled = recall(state.model())
-            bar.set_postfix(loss=f"{float(host['loss']):.3f}", recall=f"{min(r for r in recalled if r is not None):.2f}")
-            if min(r for r in recalled if r is not None) >= config.recall_target:
+            recalled = recall(state.model(), final=step == spec.max_steps)
+            bar.set_postfix(loss=f"{float(host['loss']):.3f}", recall=f"{recalled[0]:.2f}")
+            if recall.reached(recalled):
                 bar.total = step
                 bar.refresh()
                 break
@@ -246,26 +272,38 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
 # --------------------------------------------------------------------------------------------
 
 
-def score_agent(model: qwen2.Qwen2, tokenizer, world: ToyWorld, *, split: str = HELDOUT, alpha: float | None = None,
-                max_new_tokens: int = 10, model_dir: str | os.PathLike | None = None) -> dict[str, tuple[str, ...]]:
-    """Greedy answers to every query of `split` (prompted with scenario `alpha`, None = plain),
-    checked by the toy tasks. Returns {family: ids of the queries answered correctly}."""
+def score_agent(model: qwen2.Qwen2, tokenizer, world: ToyWorld, *, split: str = HELDOUT,
+                alphas: Sequence[float | None] = (None,), max_new_tokens: int = 10,
+                model_dir: str | os.PathLike | None = None) -> list[dict[str, tuple[str, ...]]]:
+    """Greedy answers to every query of `split`, once per scenario of `alphas` (None = plain
+    prompt), checked by the toy tasks. Returns, per alpha, {family: ids of the queries answered
+    correctly}.
+
+    Every alpha's prompts are padded to the bucket of the longest prompt of all of them, so one
+    prefill and one decode program serve every alpha (compiling them is most of the cost). Padding
+    is masked: the answers are those of scoring each alpha alone.
+    """
     queries = world.queries_for(split)
     examples = [toy_tasks.query_to_example(q) for q in queries]
-    prompts = [chat_prompt_ids(tokenizer, toy_tasks.task_for_family(q.family).messages(ex, alpha=alpha))
-               for q, ex in zip(queries, examples)]
-    generations = generate(model, prompts, max_new_tokens=max_new_tokens,
-                           stop_token_ids=stop_token_ids_for(tokenizer, model_dir), max_batch_size=128,
-                           progress=False)
-    correct: dict[str, list[str]] = {family: [] for family in FAMILIES}
-    for query, example, samples in zip(queries, examples, generations):
-        response = tokenizer.decode(samples[0].token_list, skip_special_tokens=True)
-        if toy_tasks.task_for_family(query.family).check(example, response).correct:
-            correct[query.family].append(query.id)
-    return {family: tuple(ids) for family, ids in correct.items()}
+    prompts = [[chat_prompt_ids(tokenizer, toy_tasks.task_for_family(q.family).messages(ex, alpha=alpha))
+                for q, ex in zip(queries, examples)] for alpha in alphas]
+    longest = max((len(p) for per_alpha in prompts for p in per_alpha), default=1)
+    buckets = BucketConfig(prompt_lengths=(BucketConfig().prompt_bucket(longest),))
+    stop_token_ids = stop_token_ids_for(tokenizer, model_dir)
+    scores = []
+    for per_alpha in prompts:
+        generations = generate(model, per_alpha, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids,
+                               max_batch_size=128, buckets=buckets, progress=False)
+        correct: dict[str, list[str]] = {family: [] for family in FAMILIES}
+        for query, example, samples in zip(queries, examples, generations):
+            response = tokenizer.decode(samples[0].token_list, skip_special_tokens=True)
+            if toy_tasks.task_for_family(query.family).check(example, response).correct:
+                correct[query.family].append(query.id)
+        scores.append({family: tuple(ids) for family, ids in correct.items()})
+    return scores
 
 
 __all__ = [
-    "PretrainReport", "TokenCache", "agent_model_config", "batch_stream", "recalled_rows", "plain_messages", "pretrain_agent",
-    "pretraining_examples", "score_agent", "special_ids", "tokenized_pairs",
+    "PretrainReport", "RecallCheck", "TokenCache", "agent_model_config", "batch_stream", "plain_messages",
+    "pretrain_agent", "pretraining_examples", "recalled_rows", "score_agent", "special_ids", "tokenized_pairs",
 ]
