@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 from disrouter_jax import distributed  # initialize() runs in main(), before any JAX computation
@@ -124,6 +125,12 @@ def die(args, info) -> dict:
     x = distributed.global_batch_from_local(np.ones((rows.stop - rows.start, 3), np.float32), mesh)
     (Path(args.out) / f"initialized{info.process_id}").write_text("ok")
     if info.process_id == args.die_process:
+        # Die only once every peer is initialised: dying earlier (a loaded machine can take
+        # seconds to start a peer's backend) tests a failed start, not a dead peer.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                (Path(args.out) / f"initialized{i}").exists() for i in range(jax.process_count())):
+            time.sleep(0.05)
         os._exit(1)
     distributed.to_host(jax.jit(lambda a: a.sum())(x))
     distributed.barrier("after_sum", timeout_s=600)
