@@ -1,8 +1,20 @@
-"""Process-wide settings for the project's own command-line processes."""
+"""Process and compiler settings: malloc for the project's own processes, XLA options per backend."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+
+import jax
+
+# XLA:CPU options for the generation engine's programs (prefill; decode loops of up to 32 rows):
+# dots go to XLA's own emitter (Eigen) instead of the YNNPACK / XNNPACK fusions jaxlib 0.10 picks
+# by default. On the 2-core AMD EPYC box (AVX2, float32, the benchmarks' mid shape), alternating
+# in one process: greedy generation at batch 16 491-511 vs 405-431 tokens/s; prefill + first
+# step for 64 prompts of 32-64 tokens 1.61-1.64 vs 1.77-1.82 s (benchmarks/README.md). Training
+# steps showed no difference and keep the default. These are DebugOptions fields; other
+# backends never see them.
+XLA_CPU_OPTIONS = {"xla_cpu_use_xnnpack": False, "xla_cpu_experimental_ynn_fusion_type": ""}
 
 # mallopt options from <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -25,3 +37,25 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1))
     return all(mallopt(option, value) == 1 for option, value in settings)  # 1 = accepted
+
+
+def jit(fun=None, /, **jit_kwargs):
+    """``jax.jit`` that compiles with ``XLA_CPU_OPTIONS`` when the default backend is the CPU.
+
+    Same arguments as ``jax.jit`` (usable as a decorator, with or without ``functools.partial``).
+    The backend is looked up at call time, so one decorated function serves CPU-only and
+    accelerator processes; each backend gets its own compilation cache.
+    """
+    if fun is None:
+        return functools.partial(jit, **jit_kwargs)
+    if "compiler_options" in jit_kwargs:
+        raise ValueError("runtime.jit sets compiler_options itself; use jax.jit to pass your own")
+    on_cpu = jax.jit(fun, compiler_options=dict(XLA_CPU_OPTIONS), **jit_kwargs)
+    elsewhere = jax.jit(fun, **jit_kwargs)
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        return (on_cpu if jax.default_backend() == "cpu" else elsewhere)(*args, **kwargs)
+
+    call.lower = lambda *a, **k: (on_cpu if jax.default_backend() == "cpu" else elsewhere).lower(*a, **k)
+    return call

@@ -35,3 +35,25 @@ def test_keep_freed_memory_cuts_page_faults_and_changes_no_result():
     kept_faults, kept_sum = _page_faults("keep")
     assert kept_sum == default_sum
     assert kept_faults * 4 < default_faults, (kept_faults, default_faults)
+
+
+def test_jit_compiles_cpu_programs_with_xlas_own_dots():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from disrouter_jax import runtime
+
+    @runtime.jit(static_argnames=("scale",))
+    def project(x, w, *, scale):
+        return jnp.tanh(x @ w) * scale
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 64)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((64, 96)), jnp.float32)
+    expected = jax.jit(project.__wrapped__, static_argnames=("scale",))(x, w, scale=2.0)
+    np.testing.assert_allclose(np.asarray(project(x, w, scale=2.0)), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert jax.default_backend() == "cpu"
+    text = project.lower(x, w, scale=2.0).compile().as_text()
+    assert " dot(" in text and "__ynn_fusion" not in text and "__xnn_fusion" not in text
+    with pytest.raises(ValueError, match="compiler_options"):
+        runtime.jit(project.__wrapped__, compiler_options={})

@@ -24,7 +24,7 @@ from flax import nnx
 from disrouter_jax.models.config import Qwen2Config
 from disrouter_jax.sharding import ShardingContext, constrain
 
-__all__ = ["Qwen2Config", "Qwen2", "KVCache", "init_cache", "from_pretrained", "save_pretrained"]
+__all__ = ["Qwen2Config", "Qwen2", "KVCache", "CACHE_AXES", "init_cache", "from_pretrained", "save_pretrained"]
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -44,19 +44,26 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> n
 class KVCache:
     """Keys/values of every layer for ``S`` slots; ``end`` is the next slot to write.
 
-    All sequences of a batch share the write index (prompts are left-padded), so one
-    ``dynamic_update_slice`` per layer appends a token for the whole batch. ``valid_bs`` marks the
-    slots that hold real tokens; padding slots are never attended to.
+    One ``[B, K, S, H]`` array per layer: kv heads before slots, so the decode step's attention
+    dots read the cache where it lies with (batch, kv head) as their batch dimensions, and separate
+    arrays, so no layer's slice is copied out of a stacked buffer. (A stacked ``[L, B, S, K, H]``
+    cache cost a transpose and a copy of every layer's keys and values per decode step: about a
+    tenth of the mid shape's profiled CPU step.) All sequences of a batch share the write index (prompts are
+    left-padded), so one ``dynamic_update_slice`` per layer appends a token for the whole batch.
+    ``valid_bs`` marks the slots that hold real tokens; padding slots are never attended to.
     """
 
-    k_lbskh: jax.Array
-    v_lbskh: jax.Array
+    k_bksh: tuple[jax.Array, ...]
+    v_bksh: tuple[jax.Array, ...]
     valid_bs: jax.Array
     end: jax.Array
 
     @property
     def max_length(self) -> int:
-        return self.k_lbskh.shape[2]
+        return self.k_bksh[0].shape[2]
+
+
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 def init_cache(
@@ -66,14 +73,12 @@ def init_cache(
     dtype=jnp.float32,
     sharding: ShardingContext | None = None,
 ) -> KVCache:
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-    k = jnp.zeros(shape, dtype)
-    v = jnp.zeros(shape, dtype)
-    valid = jnp.zeros((batch_size, max_length), jnp.bool_)
-    axes = ("layers", "batch", "length", "kv_heads", "head_dim")
-    k, v = constrain(k, axes, sharding), constrain(v, axes, sharding)
-    valid = constrain(valid, ("batch", "length"), sharding)
-    return KVCache(k, v, valid, jnp.zeros((), jnp.int32))
+    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+    zeros = lambda: tuple(  # noqa: E731
+        constrain(jnp.zeros(shape, dtype), CACHE_AXES, sharding) for _ in range(config.num_layers)
+    )
+    valid = constrain(jnp.zeros((batch_size, max_length), jnp.bool_), ("batch", "length"), sharding)
+    return KVCache(zeros(), zeros(), valid, jnp.zeros((), jnp.int32))
 
 
 class RMSNorm(nnx.Module):
@@ -114,29 +119,33 @@ def resolve_attention_impl(impl: str, dtype) -> str:
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
-def attention(q_btnh, k_bskh, v_bskh, allowed_bts, dtype, impl: str = "xla"):
+def attention(q_btnh, k, v, allowed_bts, dtype, impl: str = "xla", kv_layout: str = "bskh"):
     """Grouped-query attention: each of the K kv heads serves G = N/K query heads.
 
-    ``allowed_bts=None`` means plain causal attention over the same T positions (training on
-    unpadded or right-padded rows); only that case can take the fused cuDNN kernel, which skips
-    the masked half instead of materialising a [B, N, T, T] score tensor.
+    ``k``/``v`` are ``[B, S, K, H]`` (``kv_layout="bskh"``, fresh projections) or ``[B, K, S, H]``
+    (``"bksh"``, a ``KVCache`` layer). ``allowed_bts=None`` means plain causal attention over the
+    same T positions (training on unpadded or right-padded rows); only that case can take the
+    fused cuDNN kernel, which skips the masked half instead of materialising a [B, N, T, T] score
+    tensor.
     """
+    if kv_layout not in ("bskh", "bksh"):
+        raise ValueError(f"kv_layout must be 'bskh' or 'bksh', got {kv_layout!r}")
     if allowed_bts is None:
-        if impl == "cudnn":
+        if impl == "cudnn" and kv_layout == "bskh":
             return jax.nn.dot_product_attention(
-                q_btnh, k_bskh, v_bskh, is_causal=True, implementation="cudnn"
+                q_btnh, k, v, is_causal=True, implementation="cudnn"
             ).astype(dtype)
         t = q_btnh.shape[1]
         allowed_bts = jnp.tril(jnp.ones((t, t), jnp.bool_))[None]
     b, t, n, h = q_btnh.shape
-    k_heads = k_bskh.shape[2]
+    k_heads = k.shape[kv_layout.index("k")]
     q_btkgh = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
     scores_bkgts = jnp.einsum(
-        "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
+        f"btkgh,{kv_layout}->bkgts", q_btkgh, k, preferred_element_type=jnp.float32
     ) * (h**-0.5)
     scores_bkgts = jnp.where(allowed_bts[:, None, None, :, :], scores_bkgts, _MASK_VALUE)
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
-    out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+    out_btkgh = jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs_bkgts, v)
     return out_btkgh.reshape(b, t, n, h)
 
 
@@ -166,8 +175,19 @@ class Attention(nnx.Module):
         k = rotary_embedding(k, positions_bt, self.rope_theta)
         return q, k, v
 
-    def output(self, attn_btnh):
-        out = jnp.einsum("btnh,nhd->btd", attn_btnh, self.o_weight_nhd[...].astype(self.dtype))
+    def output(self, attn_btnh, flat: bool = False):
+        """``flat=True`` (the cached decode path): one 2-D matmul over the flattened (heads,
+        head_dim) axis. As a head-shaped einsum XLA:CPU chose to transpose the ``[N, H, D]`` weight
+        on every decode step (1 MB per layer) rather than the few-row activation. The full-sequence
+        path keeps the einsum: the other form sums in another order, and the toy pool's
+        pre-training amplifies that rounding into different agents (toy-xl held-out 0.79 -> 0.67).
+        """
+        w = self.o_weight_nhd[...].astype(self.dtype)
+        if flat:
+            b, t = attn_btnh.shape[:2]
+            out = attn_btnh.reshape(b, t, -1) @ w.reshape(-1, w.shape[-1])
+        else:
+            out = jnp.einsum("btnh,nhd->btd", attn_btnh, w)
         return constrain(out, ("batch", "length", "embed"), self.sharding)
 
 
@@ -199,12 +219,12 @@ class DecoderLayer(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_btd, positions_bt, keys_values, allowed_bts):
-        """``keys_values(k, v) -> (k_all, v_all)`` supplies the keys the queries attend to;
-        ``allowed_bts=None``: causal over the same positions."""
+        """``keys_values(k, v) -> (k_all, v_all, kv_layout)`` supplies the keys the queries attend
+        to (see ``attention``); ``allowed_bts=None``: causal over the same positions."""
         q, k, v = self.attn.project_qkv(self.input_norm(x_btd), positions_bt)
-        k_all, v_all = keys_values(k, v)
-        attn = attention(q, k_all, v_all, allowed_bts, self.dtype, self.attention_impl)
-        x_btd = x_btd + self.attn.output(attn)
+        k_all, v_all, kv_layout = keys_values(k, v)
+        attn = attention(q, k_all, v_all, allowed_bts, self.dtype, self.attention_impl, kv_layout)
+        x_btd = x_btd + self.attn.output(attn, flat=kv_layout == "bksh")
         return x_btd + self.mlp(self.post_attn_norm(x_btd))
 
 
@@ -241,8 +261,21 @@ class Qwen2(nnx.Module):
         x = jnp.take(self.embedding_vd[...], input_ids_bt, axis=0).astype(self.dtype)
         return constrain(x, ("batch", "length", "embed"), self.sharding)
 
-    def logits(self, x_btd):
-        """Final norm + LM head; float32 logits.
+    def decode_head(self):
+        """The LM head as a decode loop should hold it: ``None`` (the parameters as they are) except
+        for a tied head on CPU, returned as a ``[D, V]`` copy of the embedding table.
+
+        XLA:CPU's dot emitter multiplies by the transposed ``[V, D]`` table 3-4x slower than by a
+        ``[D, V]`` matrix (mid shape, batch 16: 24 vs 6 ms per call), and the head is the largest
+        matmul of a decode step; one copy per generated batch pays for itself within a step. The
+        optimisation barrier keeps XLA from folding the transpose back into the matmul.
+        """
+        if not self.config.tie_word_embeddings or jax.default_backend() != "cpu":
+            return None
+        return jax.lax.optimization_barrier(self.embedding_vd[...].astype(self.dtype).T)
+
+    def logits(self, x_btd, head_dv=None):
+        """Final norm + LM head; float32 logits. ``head_dv``: the head from ``decode_head``.
 
         By default the head's matmul outputs ``dtype`` and is upcast afterwards, as transformers
         does. In bfloat16 training that keeps the head's two backward matmuls in bfloat16 (the LM
@@ -251,7 +284,9 @@ class Qwen2(nnx.Module):
         """
         x_btd = self.final_norm(x_btd)
         out_dtype = jnp.float32 if self.float32_head else self.dtype
-        if self.config.tie_word_embeddings:
+        if head_dv is not None:
+            logits = jnp.einsum("btd,dv->btv", x_btd, head_dv, preferred_element_type=out_dtype)
+        elif self.config.tie_word_embeddings:
             head = self.embedding_vd[...].astype(self.dtype)
             logits = jnp.einsum("btd,vd->btv", x_btd, head, preferred_element_type=out_dtype)
         else:
@@ -275,14 +310,15 @@ class Qwen2(nnx.Module):
             allowed_bts = causal_ts[None] & attention_mask_bt[:, None, :]
         x = self.embed(input_ids_bt)
         for layer in self.layers:
-            x = layer(x, positions_bt, lambda k, v: (k, v), allowed_bts)
+            x = layer(x, positions_bt, lambda k, v: (k, v, "bskh"), allowed_bts)
         return x
 
     def __call__(self, input_ids_bt, positions_bt=None, attention_mask_bt=None):
         return self.logits(self.hidden_states(input_ids_bt, positions_bt, attention_mask_bt))
 
-    def extend(self, input_ids_bt, positions_bt, attention_mask_bt, cache: KVCache):
-        """Appends ``T`` tokens to the cache and returns their logits and the new cache."""
+    def extend(self, input_ids_bt, positions_bt, attention_mask_bt, cache: KVCache, head_dv=None):
+        """Appends ``T`` tokens to the cache and returns their logits and the new cache
+        (``head_dv``: see ``decode_head``)."""
         b, t = input_ids_bt.shape
         start = cache.end
         valid_bs = jax.lax.dynamic_update_slice(
@@ -291,21 +327,20 @@ class Qwen2(nnx.Module):
         slots_s = jnp.arange(cache.max_length)
         causal_ts = slots_s[None, :] <= (start + jnp.arange(t))[:, None]
         allowed_bts = causal_ts[None] & valid_bs[:, None, :]
-        # The full [L, ...] buffers are updated slice by slice so XLA can write them in place
-        # (the decode loop donates the cache).
-        kv = {"k": cache.k_lbskh, "v": cache.v_lbskh}
+        # Each layer's buffers are updated in place (the decode loop donates the cache).
+        kv = {"k": list(cache.k_bksh), "v": list(cache.v_bksh)}
         x = self.embed(input_ids_bt)
         for i, layer in enumerate(self.layers):
 
             def keys_values(k_btkh, v_btkh, i=i):
-                for name, new in (("k", k_btkh), ("v", v_btkh)):
-                    new = new.astype(kv[name].dtype)[None]
-                    kv[name] = jax.lax.dynamic_update_slice(kv[name], new, (i, 0, start, 0, 0))
-                return kv["k"][i].astype(self.dtype), kv["v"][i].astype(self.dtype)
+                for name, new_btkh in (("k", k_btkh), ("v", v_btkh)):
+                    new_bkth = jnp.swapaxes(new_btkh.astype(kv[name][i].dtype), 1, 2)
+                    kv[name][i] = jax.lax.dynamic_update_slice(kv[name][i], new_bkth, (0, 0, start, 0))
+                return kv["k"][i].astype(self.dtype), kv["v"][i].astype(self.dtype), "bksh"
 
             x = layer(x, positions_bt, keys_values, allowed_bts)
-        new_cache = KVCache(kv["k"], kv["v"], valid_bs, start + t)
-        return self.logits(x), new_cache
+        new_cache = KVCache(tuple(kv["k"]), tuple(kv["v"]), valid_bs, start + t)
+        return self.logits(x, head_dv), new_cache
 
 
 def default_positions(attention_mask_bt):

@@ -58,5 +58,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # the process is ours (not a library caller's): see keep_freed_memory
+    runtime.keep_freed_memory()  # the process is ours, not a library caller's
     sys.exit(main())

@@ -275,3 +275,19 @@ def test_progress_bar_only_on_a_terminal_and_for_several_batches(monkeypatch):
     assert not engine._progress_bar(5, True).disable
     assert engine._progress_bar(1, True).disable  # a single batch needs no bar
     assert engine._progress_bar(5, False).disable
+
+
+def test_small_and_large_decode_batches_take_their_programs_and_agree(gqa2):
+    """Up to 32 decode rows the CPU loop uses XLA's own dots, above it XLA's default (measured
+    faster there); both give the same greedy tokens."""
+    from disrouter_jax.generation import engine
+
+    assert engine._decode_program(16) is engine._decode_xla_dots
+    assert engine._decode_program(64) is engine._decode_default
+    _, model = gqa2
+    prompts = [PROMPTS[i % len(PROMPTS)][: 2 + i % 9] for i in range(40)]
+    wide = generate(model, prompts, max_new_tokens=6, stop_token_ids=(), max_batch_size=64)
+    narrow = generate(model, prompts, max_new_tokens=6, stop_token_ids=(), max_batch_size=8)
+    assert [g[0].token_list for g in wide] == [g[0].token_list for g in narrow]
+    for a, b in zip(wide, narrow):
+        np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-5)

@@ -1,13 +1,16 @@
 """Qwen2 in NNX against the transformers PyTorch reference (the standard of truth)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from transformers import Qwen2ForCausalLM
 
-from disrouter_jax import sharding
+from disrouter_jax import runtime, sharding
 from disrouter_jax.models import qwen2
 
 # Row 0 is left-padded by 3, row 1 by 1, row 2 is full: positions restart at each first token.
@@ -84,6 +87,66 @@ def test_kv_cache_decoding_matches_full_forward(loaded, name):
         )
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5)
     assert int(cache.end) == INPUT_IDS.shape[1]
+
+
+def test_cache_is_one_heads_major_array_per_layer(loaded):
+    _, model, _ = loaded("gqa2")
+    cfg = model.config
+    cache = qwen2.init_cache(cfg, 3, max_length=24)
+    assert len(cache.k_bksh) == len(cache.v_bksh) == cfg.num_layers
+    assert {x.shape for x in cache.k_bksh + cache.v_bksh} == {(3, cfg.num_kv_heads, 24, cfg.head_dim)}
+    assert cache.max_length == 24
+
+
+@pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
+def test_decode_head_is_the_transposed_table_on_cpu_and_gives_the_same_logits(loaded, name):
+    _, model, _ = loaded(name)
+    head = model.decode_head()
+    if not model.config.tie_word_embeddings:
+        assert head is None  # the untied head is already [D, V]
+        return
+    np.testing.assert_array_equal(np.asarray(head), np.asarray(model.embedding_vd[...]).T)
+    cache = qwen2.init_cache(model.config, INPUT_IDS.shape[0], max_length=12)
+    args = tuple(jnp.asarray(a[:, :5]) for a in (INPUT_IDS, POSITIONS, MASK))
+    plain, _ = model.extend(*args, cache)
+    with_head, _ = model.extend(*args, cache, head_dv=head)
+    np.testing.assert_allclose(np.asarray(with_head), np.asarray(plain), atol=1e-6)
+
+
+def _weight_shaped_copies(model, hlo_text: str) -> list[str]:
+    """Lines of optimised HLO that produce (copy, transpose or fuse into) an array holding as many
+    elements as one of the model's weight matrices, with one of its dimensions: a weight moved."""
+    sizes = set()
+    for _, param in nnx.state(model, nnx.Param).flat_state():
+        shape = param.get_value().shape if hasattr(param, "get_value") else param.value.shape
+        if len(shape) >= 2:
+            sizes.add(int(np.prod(shape)))
+    moved = []
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%\S+ = f32\[([0-9,]+)\]\{[0-9,]*\} (fusion|copy|transpose)\(", line)
+        if match and int(np.prod([int(d) for d in match.group(1).split(",")])) in sizes:
+            moved.append(line.strip()[:160])
+    return moved
+
+
+@pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
+def test_a_decode_step_moves_no_weight(loaded, name):
+    """The optimised one-token step reads every weight where it lies: no per-step transpose of
+    the output projection (XLA:CPU made one when the projections were head-shaped einsums)."""
+    _, model, _ = loaded(name)
+    graphdef, state = nnx.split(model)
+    cache = qwen2.init_cache(model.config, 3, max_length=24)
+
+    def step(state, cache, ids, pos):
+        m = nnx.merge(graphdef, state)
+        return m.extend(ids, pos, jnp.ones_like(ids, jnp.bool_), cache, head_dv=m.decode_head())
+
+    ids = jnp.ones((3, 1), jnp.int32)
+    compiled = runtime.jit(step, donate_argnums=(1,)).lower(state, cache, ids, ids).compile()
+    entry = compiled.as_text().split("\nENTRY ")[-1]
+    moved = _weight_shaped_copies(model, entry)
+    # A tied head's one [D, V] copy (decode_head) is the only weight-sized array made.
+    assert len(moved) == int(model.config.tie_word_embeddings), moved
 
 
 @pytest.mark.parametrize(

@@ -371,3 +371,14 @@ def test_cli_build_reuses_the_pool_and_prints_the_table(reduced_pool, capsys, co
 def test_cli_reports_a_missing_pool(tmp_path, capsys):
     assert cli_main(["show", "--out", str(tmp_path)]) == 1
     assert "pool.json" in capsys.readouterr().err
+
+
+def test_cli_runs_as_a_module(reduced_pool):
+    """`python -m disrouter_jax.toy` (its `__main__` block, which the tests above bypass)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "disrouter_jax.toy", "show", "--out", str(reduced_pool.root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == reduced_pool.table()
