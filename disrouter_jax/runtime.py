@@ -39,23 +39,31 @@ def keep_freed_memory() -> bool:
     return all(mallopt(option, value) == 1 for option, value in settings)  # 1 = accepted
 
 
+def on_cpu() -> bool:
+    """Whether programs compile for XLA:CPU (the default backend is the CPU)."""
+    return jax.default_backend() == "cpu"
+
+
 def jit(fun=None, /, **jit_kwargs):
     """``jax.jit`` that compiles with ``XLA_CPU_OPTIONS`` when the default backend is the CPU.
 
     Same arguments as ``jax.jit`` (usable as a decorator, with or without ``functools.partial``).
     The backend is looked up at call time, so one decorated function serves CPU-only and
-    accelerator processes; each backend gets its own compilation cache.
+    accelerator processes; each backend gets its own compilation cache. ``.default`` is the plain
+    ``jax.jit`` of the same function (XLA's default options everywhere).
     """
     if fun is None:
         return functools.partial(jit, **jit_kwargs)
     if "compiler_options" in jit_kwargs:
         raise ValueError("runtime.jit sets compiler_options itself; use jax.jit to pass your own")
-    on_cpu = jax.jit(fun, compiler_options=dict(XLA_CPU_OPTIONS), **jit_kwargs)
-    elsewhere = jax.jit(fun, **jit_kwargs)
+    cpu_tuned = jax.jit(fun, compiler_options=dict(XLA_CPU_OPTIONS), **jit_kwargs)
+    default = jax.jit(fun, **jit_kwargs)
+    pick = lambda: cpu_tuned if on_cpu() else default  # noqa: E731
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        return (on_cpu if jax.default_backend() == "cpu" else elsewhere)(*args, **kwargs)
+        return pick()(*args, **kwargs)
 
-    call.lower = lambda *a, **k: (on_cpu if jax.default_backend() == "cpu" else elsewhere).lower(*a, **k)
+    call.lower = lambda *args, **kwargs: pick().lower(*args, **kwargs)
+    call.default = default
     return call

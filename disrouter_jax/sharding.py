@@ -31,7 +31,6 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kv_heads", ("tensor",)),
     ("head_dim", ()),
     ("mlp", ("tensor",)),
-    ("layers", ()),
     ("norm", ()),
 )
 

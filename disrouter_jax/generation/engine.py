@@ -183,19 +183,17 @@ def _decode(
     return outputs, carry["cache"]
 
 
-_DECODE_JIT = dict(
-    static_argnames=("graphdef", "buffer_length", "mode", "early_stop"), donate_argnames=("cache",)
-)
 # On CPU a decode step's matmuls have only B rows. Measured on the 2-core box (mid shape, one
 # process, alternating): XLA's own dot emitter wins up to 32 rows (batch 16: 491-511 vs 405-431
 # tokens/s), XNNPACK/YNNPACK above (batch 64: 620-766 vs 562-632). Other backends ignore this.
 _XLA_DOTS_MAX_DECODE_ROWS = 32
-_decode_xla_dots = runtime.jit(_decode, **_DECODE_JIT)
-_decode_default = jax.jit(_decode, **_DECODE_JIT)
+_decode_jit = runtime.jit(
+    _decode, static_argnames=("graphdef", "buffer_length", "mode", "early_stop"), donate_argnames=("cache",)
+)
 
 
 def _decode_program(rows: int):
-    return _decode_xla_dots if rows <= _XLA_DOTS_MAX_DECODE_ROWS else _decode_default
+    return _decode_jit if rows <= _XLA_DOTS_MAX_DECODE_ROWS else _decode_jit.default
 
 
 def default_stop_token_ids(model) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from disrouter_jax import runtime
 from disrouter_jax.models.config import Qwen2Config
 from disrouter_jax.sharding import ShardingContext, constrain
 
@@ -270,7 +271,7 @@ class Qwen2(nnx.Module):
         matmul of a decode step; one copy per generated batch pays for itself within a step. The
         optimisation barrier keeps XLA from folding the transpose back into the matmul.
         """
-        if not self.config.tie_word_embeddings or jax.default_backend() != "cpu":
+        if not self.config.tie_word_embeddings or not runtime.on_cpu():
             return None
         return jax.lax.optimization_barrier(self.embedding_vd[...].astype(self.dtype).T)
 

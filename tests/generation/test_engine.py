@@ -282,8 +282,8 @@ def test_small_and_large_decode_batches_take_their_programs_and_agree(gqa2):
     faster there); both give the same greedy tokens."""
     from disrouter_jax.generation import engine
 
-    assert engine._decode_program(16) is engine._decode_xla_dots
-    assert engine._decode_program(64) is engine._decode_default
+    assert engine._decode_program(16) is engine._decode_jit
+    assert engine._decode_program(64) is engine._decode_jit.default
     _, model = gqa2
     prompts = [PROMPTS[i % len(PROMPTS)][: 2 + i % 9] for i in range(40)]
     wide = generate(model, prompts, max_new_tokens=6, stop_token_ids=(), max_batch_size=64)
