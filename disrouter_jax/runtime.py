@@ -7,13 +7,9 @@ import functools
 
 import jax
 
-# XLA:CPU options for the generation engine's programs (prefill; decode loops of up to 32 rows):
-# dots go to XLA's own emitter (Eigen) instead of the YNNPACK / XNNPACK fusions jaxlib 0.10 picks
-# by default. On the 2-core AMD EPYC box (AVX2, float32, the benchmarks' mid shape), alternating
-# in one process: greedy generation at batch 16 491-511 vs 405-431 tokens/s; prefill + first
-# step for 64 prompts of 32-64 tokens 1.61-1.64 vs 1.77-1.82 s (benchmarks/README.md). Training
-# steps showed no difference and keep the default. These are DebugOptions fields; other
-# backends never see them.
+# XLA:CPU options that send dots to XLA's own emitter (Eigen) instead of the YNNPACK / XNNPACK
+# fusions jaxlib 0.10 picks by default. Which is faster depends on the CPU (``xla_dots_win``).
+# These are DebugOptions fields; other backends never see them.
 XLA_CPU_OPTIONS = {"xla_cpu_use_xnnpack": False, "xla_cpu_experimental_ynn_fusion_type": ""}
 
 # mallopt options from <malloc.h>.
@@ -42,6 +38,38 @@ def keep_freed_memory() -> bool:
 def on_cpu() -> bool:
     """Whether programs compile for XLA:CPU (the default backend is the CPU)."""
     return jax.default_backend() == "cpu"
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def xla_dots_win(rows: int | None) -> bool:
+    """Whether ``XLA_CPU_OPTIONS`` (XLA's own dots) beat the default YNNPACK dots for a program
+    whose matmuls have ``rows`` rows (a decode step: its batch), or for a prefill (``None``).
+
+    Measured with the benchmarks' mid shape in float32, alternating the two programs in one
+    process (benchmarks/README.md):
+
+    - AVX2 (2-core AMD EPYC): XLA's dots win up to 32 decode rows (batch 16: 491-511 vs 405-431
+      tokens/s) and the prefill (64 prompts: 1.61 vs 1.77 s); YNNPACK wins at 64 rows.
+    - AVX-512 (2-core AMD EPYC, Zen 5): YNNPACK wins from 4 rows (batch 16: 1,529 vs 1,402
+      tokens/s, batch 32: 1,850 vs 1,488) and ties on the prefill; XLA's dots only at 1-2 rows.
+    Training steps keep the default on both (no gain on AVX2; on AVX-512 the default is faster).
+    """
+    avx512 = "avx512f" in cpu_flags()
+    if rows is None:
+        return not avx512
+    return rows <= (2 if avx512 else 32)
 
 
 def jit(fun=None, /, **jit_kwargs):

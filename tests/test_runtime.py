@@ -57,3 +57,28 @@ def test_jit_compiles_cpu_programs_with_xlas_own_dots():
     assert " dot(" in text and "__ynn_fusion" not in text and "__xnn_fusion" not in text
     with pytest.raises(ValueError, match="compiler_options"):
         runtime.jit(project.__wrapped__, compiler_options={})
+
+
+def test_cpu_flags_are_read_once_from_proc_cpuinfo():
+    from disrouter_jax import runtime
+
+    flags = runtime.cpu_flags()
+    assert isinstance(flags, frozenset) and runtime.cpu_flags() is flags
+    try:
+        with open("/proc/cpuinfo") as f:
+            x86 = any(line.startswith("flags") for line in f)
+    except OSError:
+        x86 = False
+    if x86:
+        assert "fpu" in flags and "sse2" in flags
+
+
+def test_xla_dots_win_only_for_few_rows_on_avx512(monkeypatch):
+    from disrouter_jax import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert [runtime.xla_dots_win(r) for r in (1, 16, 32, 33, 64)] == [True, True, True, False, False]
+    assert runtime.xla_dots_win(None)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert [runtime.xla_dots_win(r) for r in (1, 2, 3, 16)] == [True, True, False, False]
+    assert not runtime.xla_dots_win(None)

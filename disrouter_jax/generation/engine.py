@@ -61,7 +61,7 @@ def repeat_cache(cache: qwen2.KVCache, repeats: int) -> qwen2.KVCache:
     """Row ``r`` of the result is row ``r // repeats`` of ``cache``."""
     repeat = lambda layers: tuple(jnp.repeat(x, repeats, axis=0) for x in layers)  # noqa: E731
     return qwen2.KVCache(
-        repeat(cache.k_bksh), repeat(cache.v_bksh), jnp.repeat(cache.valid_bs, repeats, axis=0), cache.end
+        repeat(cache.k_bkhs), repeat(cache.v_bksh), jnp.repeat(cache.valid_bs, repeats, axis=0), cache.end
     )
 
 
@@ -85,12 +85,12 @@ def _prefill(graphdef, state, prompt_bt, mask_bt, *, cache_length, samples_per_r
         cache = repeat_cache(cache, samples_per_row)
         logits_bv = jnp.repeat(logits_bv, samples_per_row, axis=0)
         next_position_b = jnp.repeat(next_position_b, samples_per_row, axis=0)
-    constrain = lambda layers: tuple(  # noqa: E731
-        sharding_lib.constrain(x, qwen2.CACHE_AXES, ctx) for x in layers
+    constrain = lambda layers, axes: tuple(  # noqa: E731
+        sharding_lib.constrain(x, axes, ctx) for x in layers
     )
     cache = qwen2.KVCache(
-        constrain(cache.k_bksh),
-        constrain(cache.v_bksh),
+        constrain(cache.k_bkhs, qwen2.KEY_CACHE_AXES),
+        constrain(cache.v_bksh, qwen2.VALUE_CACHE_AXES),
         sharding_lib.constrain(cache.valid_bs, ("batch", "length"), ctx),
         cache.end,
     )
@@ -183,17 +183,19 @@ def _decode(
     return outputs, carry["cache"]
 
 
-# On CPU a decode step's matmuls have only B rows. Measured on the 2-core box (mid shape, one
-# process, alternating): XLA's own dot emitter wins up to 32 rows (batch 16: 491-511 vs 405-431
-# tokens/s), XNNPACK/YNNPACK above (batch 64: 620-766 vs 562-632). Other backends ignore this.
-_XLA_DOTS_MAX_DECODE_ROWS = 32
 _decode_jit = runtime.jit(
     _decode, static_argnames=("graphdef", "buffer_length", "mode", "early_stop"), donate_argnames=("cache",)
 )
 
 
+# On CPU the faster dot backend depends on the CPU and, for a decode loop, on its number of rows
+# (runtime.xla_dots_win). Other backends compile both programs alike.
+def _prefill_program():
+    return _prefill if runtime.xla_dots_win(None) else _prefill.default
+
+
 def _decode_program(rows: int):
-    return _decode_jit if rows <= _XLA_DOTS_MAX_DECODE_ROWS else _decode_jit.default
+    return _decode_jit if runtime.xla_dots_win(rows) else _decode_jit.default
 
 
 def default_stop_token_ids(model) -> tuple[int, ...]:
@@ -395,7 +397,7 @@ def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, placement,
         prompt_bt[r, length - len(ids):] = ids
         mask_bt[r, length - len(ids):] = True
     mask_bt[len(batch.units):, -1] = True  # padding rows: one dummy token, never read
-    cache, logits_bv, next_position_b = _prefill(
+    cache, logits_bv, next_position_b = _prefill_program()(
         graphdef, state, placement.batch(prompt_bt), placement.batch(mask_bt),
         cache_length=plan.cache_length(batch), samples_per_row=per_row, cache_dtype=cache_dtype,
     )

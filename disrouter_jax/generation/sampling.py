@@ -64,12 +64,29 @@ def truncate_logits(logits_bv, temperature, top_p, mode: SamplingMode):
     return values_bk, ids_bk
 
 
+def first_max_index(x_bv):
+    """``jnp.argmax(x_bv, axis=-1)`` as int32: the first index of each row's maximum (of its first
+    NaN, if any, as numpy does).
+
+    Two reductions XLA:CPU vectorises (a max, then a min over the indices that hold it) instead of
+    its argmax, a reduce over (value, index) pairs that took 1.2 ms of an 11.7 ms mid-shape decode
+    step at batch 16.
+    """
+    ids_bv = jax.lax.broadcasted_iota(jnp.int32, x_bv.shape, x_bv.ndim - 1)
+    at_max_bv = (x_bv == jnp.max(x_bv, axis=-1, keepdims=True)) | jnp.isnan(x_bv)
+    return jnp.min(jnp.where(at_max_bv, ids_bv, x_bv.shape[-1]), axis=-1)
+
+
 def sample_tokens(logits_bv, keys_b, temperature, top_p, mode: SamplingMode):
     """One token per row. ``keys_b``: one PRNG key per row (used only when sampling)."""
     if mode.greedy:
-        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        return first_max_index(logits_bv)
     candidates_bk, ids_bk = truncate_logits(logits_bv, temperature, top_p, mode)
-    choice_b = jax.vmap(jax.random.categorical)(keys_b, candidates_bk).astype(jnp.int32)
+    # jax.random.categorical(key, x) is argmax(gumbel(key, x.shape) + x); the same draw with a
+    # faster argmax (tests check that the samples are identical).
+    row_gumbel = lambda key: jax.random.gumbel(key, candidates_bk.shape[1:], candidates_bk.dtype)  # noqa: E731
+    gumbel_bk = jax.vmap(row_gumbel)(keys_b)
+    choice_b = first_max_index(gumbel_bk + candidates_bk)
     if ids_bk is None:
         return choice_b
     return jnp.take_along_axis(ids_bk, choice_b[:, None], axis=-1)[:, 0].astype(jnp.int32)

@@ -25,7 +25,8 @@ from disrouter_jax import runtime
 from disrouter_jax.models.config import Qwen2Config
 from disrouter_jax.sharding import ShardingContext, constrain
 
-__all__ = ["Qwen2Config", "Qwen2", "KVCache", "CACHE_AXES", "init_cache", "from_pretrained", "save_pretrained"]
+__all__ = ["Qwen2Config", "Qwen2", "KVCache", "KEY_CACHE_AXES", "VALUE_CACHE_AXES", "init_cache", "from_pretrained",
+           "save_pretrained"]
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -45,26 +46,29 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> n
 class KVCache:
     """Keys/values of every layer for ``S`` slots; ``end`` is the next slot to write.
 
-    One ``[B, K, S, H]`` array per layer: kv heads before slots, so the decode step's attention
-    dots read the cache where it lies with (batch, kv head) as their batch dimensions, and separate
-    arrays, so no layer's slice is copied out of a stacked buffer. (A stacked ``[L, B, S, K, H]``
-    cache cost a transpose and a copy of every layer's keys and values per decode step: about a
-    tenth of the mid shape's profiled CPU step.) All sequences of a batch share the write index (prompts are
+    Per layer, keys ``[B, K, H, S]`` and values ``[B, K, S, H]``: kv heads first, so the decode
+    step's attention dots read the cache where it lies with (batch, kv head) as their batch
+    dimensions, and each as its dot consumes it: the scores contract ``H`` against keys ``[H, S]``,
+    the output contracts ``S`` against values ``[S, H]``. (With keys ``[B, K, S, H]`` too, mid
+    shape at batch 16 on CPU, alternating in one process: 1,295 vs 1,402 tokens/s with XLA's dots,
+    1,462 vs 1,539 with YNNPACK's; a stacked ``[L, B, S, K, H]`` cache cost a transpose and a copy
+    of every layer's keys and values per step.) All sequences of a batch share the write index (prompts are
     left-padded), so one ``dynamic_update_slice`` per layer appends a token for the whole batch.
     ``valid_bs`` marks the slots that hold real tokens; padding slots are never attended to.
     """
 
-    k_bksh: tuple[jax.Array, ...]
+    k_bkhs: tuple[jax.Array, ...]
     v_bksh: tuple[jax.Array, ...]
     valid_bs: jax.Array
     end: jax.Array
 
     @property
     def max_length(self) -> int:
-        return self.k_bksh[0].shape[2]
+        return self.v_bksh[0].shape[2]
 
 
-CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
+KEY_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")
+VALUE_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 def init_cache(
@@ -74,12 +78,14 @@ def init_cache(
     dtype=jnp.float32,
     sharding: ShardingContext | None = None,
 ) -> KVCache:
-    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
-    zeros = lambda: tuple(  # noqa: E731
-        constrain(jnp.zeros(shape, dtype), CACHE_AXES, sharding) for _ in range(config.num_layers)
+    k, h = config.num_kv_heads, config.head_dim
+    zeros = lambda shape, axes: tuple(  # noqa: E731
+        constrain(jnp.zeros(shape, dtype), axes, sharding) for _ in range(config.num_layers)
     )
+    keys = zeros((batch_size, k, h, max_length), KEY_CACHE_AXES)
+    values = zeros((batch_size, k, max_length, h), VALUE_CACHE_AXES)
     valid = constrain(jnp.zeros((batch_size, max_length), jnp.bool_), ("batch", "length"), sharding)
-    return KVCache(zeros(), zeros(), valid, jnp.zeros((), jnp.int32))
+    return KVCache(keys, values, valid, jnp.zeros((), jnp.int32))
 
 
 class RMSNorm(nnx.Module):
@@ -107,6 +113,21 @@ def rotary_embedding(x_btnh, positions_bt, theta: float):
     return x_btnh * cos + rotated * sin
 
 
+def rows_matmul(x, w_df, out_dtype=None):
+    """``x [..., D] @ w_df [D, F] -> [..., F]`` as one 2-D matmul over the flattened leading axes.
+
+    Written as ``[B, T, D] @ [D, F]``, the weight gradient contracts two axes and XLA:CPU feeds it
+    a transposed copy of the activation gradient (a strided write as large as the activation, per
+    matmul, per step); over flattened rows every backward dot reads its operands where they lie.
+    Same sums in the same order, so the gradients are bit-identical. Mid-shape SFT step on CPU:
+    668 -> 894 tokens/s for the MLP and untied LM head (benchmarks/README.md). The attention
+    projections keep their head-shaped einsums: there the flat form sums in another order.
+    """
+    lead = x.shape[:-1]
+    out = jnp.matmul(x.reshape(-1, x.shape[-1]), w_df, preferred_element_type=out_dtype)
+    return out.reshape(*lead, w_df.shape[-1])
+
+
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
@@ -120,17 +141,20 @@ def resolve_attention_impl(impl: str, dtype) -> str:
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
+KV_LAYOUTS = ("bskh", "cache")
+
+
 def attention(q_btnh, k, v, allowed_bts, dtype, impl: str = "xla", kv_layout: str = "bskh"):
     """Grouped-query attention: each of the K kv heads serves G = N/K query heads.
 
-    ``k``/``v`` are ``[B, S, K, H]`` (``kv_layout="bskh"``, fresh projections) or ``[B, K, S, H]``
-    (``"bksh"``, a ``KVCache`` layer). ``allowed_bts=None`` means plain causal attention over the
-    same T positions (training on unpadded or right-padded rows); only that case can take the
-    fused cuDNN kernel, which skips the masked half instead of materialising a [B, N, T, T] score
-    tensor.
+    ``k``/``v`` are both ``[B, S, K, H]`` (``kv_layout="bskh"``, fresh projections) or a
+    ``KVCache`` layer's keys ``[B, K, H, S]`` and values ``[B, K, S, H]`` (``"cache"``).
+    ``allowed_bts=None`` means plain causal attention over the same T positions (training on
+    unpadded or right-padded rows); only that case can take the fused cuDNN kernel, which skips the
+    masked half instead of materialising a [B, N, T, T] score tensor.
     """
-    if kv_layout not in ("bskh", "bksh"):
-        raise ValueError(f"kv_layout must be 'bskh' or 'bksh', got {kv_layout!r}")
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
     if allowed_bts is None:
         if impl == "cudnn" and kv_layout == "bskh":
             return jax.nn.dot_product_attention(
@@ -139,15 +163,36 @@ def attention(q_btnh, k, v, allowed_bts, dtype, impl: str = "xla", kv_layout: st
         t = q_btnh.shape[1]
         allowed_bts = jnp.tril(jnp.ones((t, t), jnp.bool_))[None]
     b, t, n, h = q_btnh.shape
-    k_heads = k.shape[kv_layout.index("k")]
+    k_layout, v_layout = ("bskh", "bskh") if kv_layout == "bskh" else ("bkhs", "bksh")
+    k_heads = k.shape[k_layout.index("k")]
+    if t == 1 and kv_layout == "cache":
+        return _attend_one_query(q_btnh, k, v, allowed_bts, dtype)
     q_btkgh = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
     scores_bkgts = jnp.einsum(
-        f"btkgh,{kv_layout}->bkgts", q_btkgh, k, preferred_element_type=jnp.float32
+        f"btkgh,{k_layout}->bkgts", q_btkgh, k, preferred_element_type=jnp.float32
     ) * (h**-0.5)
     scores_bkgts = jnp.where(allowed_bts[:, None, None, :, :], scores_bkgts, _MASK_VALUE)
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
-    out_btkgh = jnp.einsum(f"bkgts,{kv_layout}->btkgh", probs_bkgts, v)
+    out_btkgh = jnp.einsum(f"bkgts,{v_layout}->btkgh", probs_bkgts, v)
     return out_btkgh.reshape(b, t, n, h)
+
+
+def _attend_one_query(q_b1nh, k_bkhs, v_bksh, allowed_b1s, dtype):
+    """``attention`` for one new token per row against a cache (a decode step).
+
+    Without the length-1 query axis the two dots are plain batched [G, H] x [H, S] and
+    [G, S] x [S, H] products over (batch, kv head); with it XLA:CPU computed the scores transposed
+    and copied them back. The mid shape's eight layers of decode attention at batch 16, by
+    themselves: 2.8 -> 2.2 ms per step with XLA's dots, 2.4 -> 1.3 ms with YNNPACK's.
+    """
+    b, _, n, h = q_b1nh.shape
+    k_heads = k_bkhs.shape[1]
+    q_bkgh = q_b1nh.reshape(b, k_heads, n // k_heads, h)
+    scores_bkgs = jnp.einsum("bkgh,bkhs->bkgs", q_bkgh, k_bkhs, preferred_element_type=jnp.float32) * (h**-0.5)
+    scores_bkgs = jnp.where(allowed_b1s[:, None, :, :], scores_bkgs, _MASK_VALUE)
+    probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1).astype(dtype)
+    out_bkgh = jnp.einsum("bkgs,bksh->bkgh", probs_bkgs, v_bksh)
+    return out_bkgh.reshape(b, 1, n, h)
 
 
 class Attention(nnx.Module):
@@ -202,10 +247,11 @@ class MLP(nnx.Module):
         self.sharding = sharding
 
     def __call__(self, x_btd):
-        gate = x_btd @ self.gate_weight_df[...].astype(self.dtype)
-        up = x_btd @ self.up_weight_df[...].astype(self.dtype)
+        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        gate = rows_matmul(x_btd, w(self.gate_weight_df))
+        up = rows_matmul(x_btd, w(self.up_weight_df))
         hidden_btf = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), self.sharding)
-        out = hidden_btf @ self.down_weight_fd[...].astype(self.dtype)
+        out = rows_matmul(hidden_btf, w(self.down_weight_fd))
         return constrain(out, ("batch", "length", "embed"), self.sharding)
 
 
@@ -225,7 +271,7 @@ class DecoderLayer(nnx.Module):
         q, k, v = self.attn.project_qkv(self.input_norm(x_btd), positions_bt)
         k_all, v_all, kv_layout = keys_values(k, v)
         attn = attention(q, k_all, v_all, allowed_bts, self.dtype, self.attention_impl, kv_layout)
-        x_btd = x_btd + self.attn.output(attn, flat=kv_layout == "bksh")
+        x_btd = x_btd + self.attn.output(attn, flat=kv_layout == "cache")
         return x_btd + self.mlp(self.post_attn_norm(x_btd))
 
 
@@ -282,6 +328,10 @@ class Qwen2(nnx.Module):
         does. In bfloat16 training that keeps the head's two backward matmuls in bfloat16 (the LM
         head is a quarter of a 0.5B model's FLOPs): SFT-step MFU on an H200 rose from 36 % to 44 %
         (benchmarks/README.md). ``float32_head=True`` accumulates the head's output in float32.
+
+        A tied head keeps its ``[V, D]`` einsum: as a row matmul (faster on CPU, see
+        ``rows_matmul``) the embedding's gradient sums in another order, and the toy pool's
+        pre-training would turn those last bits into different agents.
         """
         x_btd = self.final_norm(x_btd)
         out_dtype = jnp.float32 if self.float32_head else self.dtype
@@ -291,8 +341,7 @@ class Qwen2(nnx.Module):
             head = self.embedding_vd[...].astype(self.dtype)
             logits = jnp.einsum("btd,vd->btv", x_btd, head, preferred_element_type=out_dtype)
         else:
-            head = self.lm_head_dv[...].astype(self.dtype)
-            logits = jnp.einsum("btd,dv->btv", x_btd, head, preferred_element_type=out_dtype)
+            logits = rows_matmul(x_btd, self.lm_head_dv[...].astype(self.dtype), out_dtype)
         logits = logits.astype(jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"), self.sharding)
 
@@ -329,15 +378,16 @@ class Qwen2(nnx.Module):
         causal_ts = slots_s[None, :] <= (start + jnp.arange(t))[:, None]
         allowed_bts = causal_ts[None] & valid_bs[:, None, :]
         # Each layer's buffers are updated in place (the decode loop donates the cache).
-        kv = {"k": list(cache.k_bksh), "v": list(cache.v_bksh)}
+        kv = {"k": list(cache.k_bkhs), "v": list(cache.v_bksh)}
         x = self.embed(input_ids_bt)
         for i, layer in enumerate(self.layers):
 
             def keys_values(k_btkh, v_btkh, i=i):
-                for name, new_btkh in (("k", k_btkh), ("v", v_btkh)):
-                    new_bkth = jnp.swapaxes(new_btkh.astype(kv[name][i].dtype), 1, 2)
-                    kv[name][i] = jax.lax.dynamic_update_slice(kv[name][i], new_bkth, (0, 0, start, 0))
-                return kv["k"][i].astype(self.dtype), kv["v"][i].astype(self.dtype), "bksh"
+                new_k_bkht = jnp.transpose(k_btkh.astype(kv["k"][i].dtype), (0, 2, 3, 1))
+                new_v_bkth = jnp.transpose(v_btkh.astype(kv["v"][i].dtype), (0, 2, 1, 3))
+                kv["k"][i] = jax.lax.dynamic_update_slice(kv["k"][i], new_k_bkht, (0, 0, 0, start))
+                kv["v"][i] = jax.lax.dynamic_update_slice(kv["v"][i], new_v_bkth, (0, 0, start, 0))
+                return kv["k"][i].astype(self.dtype), kv["v"][i].astype(self.dtype), "cache"
 
             x = layer(x, positions_bt, keys_values, allowed_bts)
         new_cache = KVCache(tuple(kv["k"]), tuple(kv["v"]), valid_bs, start + t)

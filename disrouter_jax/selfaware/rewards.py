@@ -132,6 +132,19 @@ def token_logprobs(logits_btv, targets_bt):
     return target_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
+def greedy_hits(logits_btv, targets_bt):
+    """[B, T] bool: the target's logit is the largest of its position (greedy decoding picks it).
+
+    Compares against the row maximum rather than taking an argmax: XLA:CPU computes an argmax as a
+    reduce carrying (value, index) pairs, 71 ms of a 1.5 s mid-shape SFT step, while the maximum is
+    the one the log-softmax takes anyway. A tie for the maximum counts as a hit for every tied id.
+    """
+    logits = jnp.asarray(logits_btv)
+    targets = jnp.asarray(targets_bt).astype(jnp.int32)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return target_logits >= jnp.max(logits, axis=-1)
+
+
 def _masked_mean(values_bt, mask_bt):
     """Sum of masked values / number of masked tokens (0 when the mask is empty)."""
     num_tokens = jnp.sum(mask_bt)

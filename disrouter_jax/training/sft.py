@@ -112,7 +112,7 @@ def sft_loss(model, batch: TokenBatch):
     logits_btv = forward_logits(model, batch)
     loss, num_tokens = rewards.masked_cross_entropy(logits_btv, batch.targets_bt, batch.loss_mask_bt)
     mask = batch.loss_mask_bt.astype(jnp.float32)
-    hits = (jnp.argmax(logits_btv, axis=-1) == safe_targets(batch)).astype(jnp.float32)
+    hits = rewards.greedy_hits(logits_btv, safe_targets(batch)).astype(jnp.float32)
     accuracy = jnp.sum(hits * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, num_tokens, {"token_accuracy": accuracy}
 

@@ -277,13 +277,20 @@ def test_progress_bar_only_on_a_terminal_and_for_several_batches(monkeypatch):
     assert engine._progress_bar(5, False).disable
 
 
-def test_small_and_large_decode_batches_take_their_programs_and_agree(gqa2):
-    """Up to 32 decode rows the CPU loop uses XLA's own dots, above it XLA's default (measured
-    faster there); both give the same greedy tokens."""
+def test_small_and_large_decode_batches_take_their_programs_and_agree(gqa2, monkeypatch):
+    """The CPU's dot backend follows runtime.xla_dots_win: on AVX2 XLA's own dots up to 32 decode
+    rows and for the prefill, on AVX-512 only up to 2 rows; both programs give the same greedy
+    tokens."""
+    from disrouter_jax import runtime
     from disrouter_jax.generation import engine
 
-    assert engine._decode_program(16) is engine._decode_jit
-    assert engine._decode_program(64) is engine._decode_jit.default
+    for flags, narrow_rows, prefill in ((frozenset({"avx2"}), 32, engine._prefill),
+                                        (frozenset({"avx2", "avx512f"}), 2, engine._prefill.default)):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        assert engine._decode_program(narrow_rows) is engine._decode_jit
+        assert engine._decode_program(narrow_rows + 1) is engine._decode_jit.default
+        assert engine._prefill_program() is prefill
+    monkeypatch.undo()
     _, model = gqa2
     prompts = [PROMPTS[i % len(PROMPTS)][: 2 + i % 9] for i in range(40)]
     wide = generate(model, prompts, max_new_tokens=6, stop_token_ids=(), max_batch_size=64)

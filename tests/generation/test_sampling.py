@@ -87,3 +87,29 @@ def test_invalid_parameters_are_rejected(kw, match):
     args = dict(temperature=1.0, top_k=0, top_p=1.0) | kw
     with pytest.raises(ValueError, match=match):
         SamplingMode.from_params(**args)
+
+
+def test_first_max_index_is_argmax_with_its_tie_and_nan_rules():
+    x = jax.random.normal(jax.random.key(0), (64, 1000))
+    x = x.at[3, 7].set(9.0).at[3, 900].set(9.0)  # tie: the first index wins
+    x = x.at[5, 20].set(jnp.nan).at[5, 30].set(jnp.nan)  # NaN: the first NaN wins
+    got = sampling.first_max_index(x)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, jnp.argmax(x, axis=-1))
+    assert int(got[3]) == 7 and int(got[5]) == 20
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_samples_are_jax_random_categorical_draws(top_k):
+    """The sampler's Gumbel-max draw reproduces jax.random.categorical bit for bit, so a seed
+    samples what it sampled before the faster argmax."""
+    logits_bv = jax.random.normal(jax.random.key(1), (256, 50)) * 3.0
+    keys = jax.random.split(jax.random.key(2), 256)
+    mode = SamplingMode(greedy=False, top_k=top_k, use_top_p=False)
+    got = sampling.sample_tokens(logits_bv, keys, 1.0, 1.0, mode)
+    candidates, ids = sampling.truncate_logits(logits_bv, 1.0, 1.0, mode)
+    expected = jax.vmap(jax.random.categorical)(keys, candidates)
+    if ids is not None:
+        expected = jnp.take_along_axis(ids, expected[:, None], axis=-1)[:, 0]
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(np.asarray(got))) > 1

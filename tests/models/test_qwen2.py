@@ -1,5 +1,6 @@
 """Qwen2 in NNX against the transformers PyTorch reference (the standard of truth)."""
 
+import functools
 import re
 
 import jax
@@ -89,13 +90,34 @@ def test_kv_cache_decoding_matches_full_forward(loaded, name):
     assert int(cache.end) == INPUT_IDS.shape[1]
 
 
-def test_cache_is_one_heads_major_array_per_layer(loaded):
+def test_cache_holds_heads_major_keys_and_values_per_layer(loaded):
     _, model, _ = loaded("gqa2")
     cfg = model.config
     cache = qwen2.init_cache(cfg, 3, max_length=24)
-    assert len(cache.k_bksh) == len(cache.v_bksh) == cfg.num_layers
-    assert {x.shape for x in cache.k_bksh + cache.v_bksh} == {(3, cfg.num_kv_heads, 24, cfg.head_dim)}
+    assert len(cache.k_bkhs) == len(cache.v_bksh) == cfg.num_layers
+    assert {x.shape for x in cache.k_bkhs} == {(3, cfg.num_kv_heads, cfg.head_dim, 24)}
+    assert {x.shape for x in cache.v_bksh} == {(3, cfg.num_kv_heads, 24, cfg.head_dim)}
     assert cache.max_length == 24
+
+
+def test_one_query_attention_on_the_cache_matches_the_general_path():
+    """A decode step (one query per row, the cache layout) takes ``_attend_one_query``; it must
+    give what the general einsums give on the same keys and values laid out [B, S, K, H]."""
+    b, n, k, h, s = 3, 4, 2, 8, 11
+    keys = jax.random.split(jax.random.key(0), 3)
+    q_b1nh = jax.random.normal(keys[0], (b, 1, n, h))
+    k_bskh = jax.random.normal(keys[1], (b, s, k, h))
+    v_bskh = jax.random.normal(keys[2], (b, s, k, h))
+    allowed_b1s = jnp.arange(s)[None, None, :] < jnp.array([4, 11, 7])[:, None, None]
+    general = qwen2.attention(q_b1nh, k_bskh, v_bskh, allowed_b1s, jnp.float32)
+    cached = qwen2.attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_bskh, (0, 2, 1, 3)),
+                             allowed_b1s, jnp.float32, kv_layout="cache")
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(general), rtol=1e-5, atol=1e-6)
+    # Masked slots are never attended to: changing them changes nothing.
+    v_changed = v_bskh.at[0, 5:].set(100.0)
+    changed = qwen2.attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_changed, (0, 2, 1, 3)),
+                              allowed_b1s, jnp.float32, kv_layout="cache")
+    np.testing.assert_array_equal(np.asarray(changed), np.asarray(cached))
 
 
 @pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
@@ -217,3 +239,21 @@ def test_attention_impl_resolution():
     assert qwen2.resolve_attention_impl("auto", jnp.float32) == "xla"
     with pytest.raises(ValueError, match="attention_impl"):
         qwen2.resolve_attention_impl("flash", jnp.float32)
+
+
+def test_rows_matmul_gradients_are_bit_identical_to_the_batched_matmul():
+    """The MLP and untied head multiply over flattened rows for speed on CPU; the toy pool's
+    agents depend on that giving exactly the gradients of ``[B, T, D] @ [D, F]``."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x_btd = jax.random.normal(keys[0], (4, 24, 32))
+    w_df = 0.1 * jax.random.normal(keys[1], (32, 96))
+    w_fd = 0.1 * jax.random.normal(keys[2], (96, 32))
+
+    def loss(matmul, x, w1, w2):
+        return jnp.sum(jnp.sin(matmul(jax.nn.silu(matmul(x, w1)), w2)))
+
+    batched = jax.jit(jax.grad(functools.partial(loss, jnp.matmul), argnums=(0, 1, 2)))(x_btd, w_df, w_fd)
+    rows = jax.jit(jax.grad(functools.partial(loss, qwen2.rows_matmul), argnums=(0, 1, 2)))(x_btd, w_df, w_fd)
+    for a, b in zip(batched, rows):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert qwen2.rows_matmul(x_btd, w_df).shape == (4, 24, 96)

@@ -125,6 +125,18 @@ def test_token_logprobs_matches_log_softmax_gather_in_float32():
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_greedy_hits_agrees_with_argmax_and_counts_ties_as_hits():
+    logits = _random_logits(jax.random.PRNGKey(2), (3, 5, 11))
+    targets = jax.random.randint(jax.random.PRNGKey(3), (3, 5), 0, 11)
+    targets = targets.at[0, :2].set(jnp.argmax(logits[0, :2], axis=-1))  # some certain hits
+    got = np.asarray(R.greedy_hits(logits, targets))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(logits, axis=-1) == targets))
+    assert got[0, :2].all() and not got.all()
+    tied = jnp.zeros((1, 2, 4)).at[0, 0, jnp.array([1, 3])].set(2.0)
+    np.testing.assert_array_equal(R.greedy_hits(tied, jnp.array([[3, 1]])), [[True, True]])
+    np.testing.assert_array_equal(R.greedy_hits(tied, jnp.array([[0, 1]])), [[False, True]])
+
+
 def test_masked_cross_entropy_averages_only_masked_tokens():
     logits = _random_logits(jax.random.PRNGKey(1), (2, 4, 5))
     targets = jnp.array([[1, 2, 3, 4], [0, 0, 1, 1]])
