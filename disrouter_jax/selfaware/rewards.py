@@ -136,8 +136,8 @@ def greedy_hits(logits_btv, targets_bt):
     """[B, T] bool: the target's logit is the largest of its position (greedy decoding picks it).
 
     Compares against the row maximum rather than taking an argmax: XLA:CPU computes an argmax as a
-    reduce carrying (value, index) pairs, 71 ms of a 1.5 s mid-shape SFT step, while the maximum is
-    the one the log-softmax takes anyway. A tie for the maximum counts as a hit for every tied id.
+    reduce carrying (value, index) pairs, 71 ms of a 1.5 s mid-shape SFT step, and a maximum as a
+    plain vectorised reduction. A tie for the maximum counts as a hit for every tied id.
     """
     logits = jnp.asarray(logits_btv)
     targets = jnp.asarray(targets_bt).astype(jnp.int32)

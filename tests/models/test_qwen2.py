@@ -101,8 +101,8 @@ def test_cache_holds_heads_major_keys_and_values_per_layer(loaded):
 
 
 def test_one_query_attention_on_the_cache_matches_the_general_path():
-    """A decode step (one query per row, the cache layout) takes ``_attend_one_query``; it must
-    give what the general einsums give on the same keys and values laid out [B, S, K, H]."""
+    """A decode step (one query per row, the cache layout) drops the query axis from the einsums;
+    it must give what the general path gives on the same keys and values laid out [B, S, K, H]."""
     b, n, k, h, s = 3, 4, 2, 8, 11
     keys = jax.random.split(jax.random.key(0), 3)
     q_b1nh = jax.random.normal(keys[0], (b, 1, n, h))
