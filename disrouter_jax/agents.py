@@ -1,8 +1,10 @@
 """The agent contract: a Hugging Face model directory + a cost (+ optional placement).
 
-Qwen2.5 agents and toy agents are the same thing here. Everything that talks to an agent (labelling,
-SFT, RL, the cascade) builds prompts and reads replies through this module, so the prompt an agent
-is trained on is byte for byte the prompt it is evaluated on.
+Qwen2.5, Qwen3, Llama and Mistral agents and toy agents are the same thing here: the directory's
+config.json picks the model family, and the agent's own tokenizer and chat template render its
+prompts and read its replies (so a pool may mix families and tokenizers). Everything that talks to
+an agent (labelling, SFT, RL, the cascade) builds prompts and reads replies through this module, so
+the prompt an agent is trained on is byte for byte the prompt it is evaluated on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import jax.numpy as jnp
 
 from disrouter_jax import sharding as sharding_lib
 from disrouter_jax.generation import chat_prompt_ids, stop_token_ids_for
-from disrouter_jax.models import hf_io, qwen2
+from disrouter_jax.models import hf_io
+from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.registry import get_task
 
@@ -74,10 +77,10 @@ class AgentSpec:
 
 @dataclasses.dataclass
 class Agent:
-    """A loaded agent: model, tokenizer and the stop tokens that end its turn."""
+    """A loaded agent: model, its own tokenizer and the stop tokens that end its turn."""
 
     spec: AgentSpec
-    model: qwen2.Qwen2
+    model: Decoder
     tokenizer: object
     stop_token_ids: tuple[int, ...]
     mesh: jax.sharding.Mesh | None = None
@@ -89,6 +92,11 @@ class Agent:
     @property
     def cost(self) -> float:
         return self.spec.cost
+
+    @property
+    def family(self) -> str:
+        """The model family (``qwen2``, ``qwen3``, ``llama``, ``mistral``) from its config.json."""
+        return self.model.config.family
 
     def messages(self, example: Example, alpha: float | None) -> list[dict[str, str]]:
         return get_task(example.task).messages(example, alpha)
@@ -120,7 +128,7 @@ def load_agent(
     """Loads ``spec`` (or the weights at ``path``, e.g. a trained export) onto its (sub-)mesh."""
     ckpt_dir = hf_io.resolve_checkpoint_dir(path or spec.path)
     agent_mesh = spec.sub_mesh(mesh)
-    model = qwen2.from_pretrained(
+    model = hf_io.from_pretrained(
         ckpt_dir,
         dtype=DTYPES[dtype],
         param_dtype=DTYPES[param_dtype or dtype],

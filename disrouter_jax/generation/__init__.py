@@ -1,4 +1,4 @@
-"""Batched text generation on the NNX Qwen2 model: jitted prefill + ``while_loop`` decode.
+"""Batched text generation on the NNX decoder (any family): jitted prefill + ``while_loop`` decode.
 
 - ``generate(model, prompts, ...)`` token ids in, ``[prompt][sample] -> Generation`` out.
 - ``generate_chat(model, tokenizer, messages_list, ...)`` chat messages in, strings out.

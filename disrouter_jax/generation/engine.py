@@ -39,7 +39,8 @@ from disrouter_jax.generation.buckets import (
     plan_batches,
 )
 from disrouter_jax.generation.results import FINISH_REASONS, Generation
-from disrouter_jax.models import qwen2
+from disrouter_jax.models.decoder import Decoder, default_positions
+from disrouter_jax.models.kv_cache import KEY_CACHE_AXES, VALUE_CACHE_AXES, KVCache, init_cache
 
 # Incremented when a program is traced (each trace is one compilation); tests read it.
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -57,10 +58,10 @@ def _batch_constrain(x, ctx: sharding_lib.ShardingContext | None):
     return sharding_lib.constrain(x, axes, ctx)
 
 
-def repeat_cache(cache: qwen2.KVCache, repeats: int) -> qwen2.KVCache:
+def repeat_cache(cache: KVCache, repeats: int) -> KVCache:
     """Row ``r`` of the result is row ``r // repeats`` of ``cache``."""
     repeat = lambda layers: tuple(jnp.repeat(x, repeats, axis=0) for x in layers)  # noqa: E731
-    return qwen2.KVCache(
+    return KVCache(
         repeat(cache.k_bkhs), repeat(cache.v_bksh), jnp.repeat(cache.valid_bs, repeats, axis=0), cache.end
     )
 
@@ -71,8 +72,8 @@ def _prefill(graphdef, state, prompt_bt, mask_bt, *, cache_length, samples_per_r
     model = nnx.merge(graphdef, state)
     ctx = model.sharding
     batch, length = prompt_bt.shape
-    cache = qwen2.init_cache(model.config, batch, cache_length, cache_dtype, ctx)
-    positions_bt = qwen2.default_positions(mask_bt)
+    cache = init_cache(model.config, batch, cache_length, cache_dtype, ctx)
+    positions_bt = default_positions(mask_bt)
     if length > 1:
         # These logits are unused, so the LM head over the whole prompt is compiled away.
         _, cache = model.extend(prompt_bt[:, :-1], positions_bt[:, :-1], mask_bt[:, :-1], cache)
@@ -88,13 +89,27 @@ def _prefill(graphdef, state, prompt_bt, mask_bt, *, cache_length, samples_per_r
     constrain = lambda layers, axes: tuple(  # noqa: E731
         sharding_lib.constrain(x, axes, ctx) for x in layers
     )
-    cache = qwen2.KVCache(
-        constrain(cache.k_bkhs, qwen2.KEY_CACHE_AXES),
-        constrain(cache.v_bksh, qwen2.VALUE_CACHE_AXES),
+    cache = KVCache(
+        constrain(cache.k_bkhs, KEY_CACHE_AXES),
+        constrain(cache.v_bksh, VALUE_CACHE_AXES),
         sharding_lib.constrain(cache.valid_bs, ("batch", "length"), ctx),
         cache.end,
     )
     return cache, _batch_constrain(logits_bv, ctx), _batch_constrain(next_position_b, ctx)
+
+
+def decode_head(model):
+    """The LM head as a decode loop should hold it: ``None`` (the parameters as they are) except
+    for a tied head on CPU, returned as a ``[D, V]`` copy of the embedding table
+    (``Decoder.tied_head_dv``).
+
+    XLA:CPU's dot emitter multiplies by the transposed ``[V, D]`` table 3-4x slower than by a
+    ``[D, V]`` matrix (mid shape, batch 16: 24 vs 6 ms per call), and the head is the largest
+    matmul of a decode step; one copy per generated batch pays for itself within a step.
+    """
+    if not model.config.tie_word_embeddings or not runtime.on_cpu():
+        return None
+    return model.tied_head_dv()
 
 
 def _decode(
@@ -107,7 +122,7 @@ def _decode(
     ctx = model.sharding
     batch = logits_bv.shape[0]
     keys_b = None if mode.greedy else sampling.row_keys(seed, prompt_index_b, sample_index_b)
-    head_dv = model.decode_head()  # made once, outside the loop
+    head_dv = decode_head(model)  # made once, outside the loop
 
     def choose(logits_bv, step):
         keys = None if keys_b is None else sampling.step_keys(keys_b, step)
@@ -298,7 +313,7 @@ def _progress_bar(total: int, progress: bool | None):
 
 
 def generate(
-    model: qwen2.Qwen2,
+    model: Decoder,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -350,7 +365,7 @@ def generate(
     """
     if not isinstance(model, nnx.Module) or not hasattr(model, "extend"):
         raise TypeError(
-            f"model must be a qwen2.Qwen2 (an nnx.Module with extend), got {type(model)}"
+            f"model must be a Decoder (an nnx.Module with extend), got {type(model)}"
         )
     sampling.validate_sampling(temperature, top_k, top_p)
     mode = sampling.SamplingMode.from_params(temperature, top_k, top_p)

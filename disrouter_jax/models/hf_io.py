@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints in and out: one declarative table between HF tensors and NNX params.
+"""Hugging Face checkpoints in and out, for every family: config.json picks the family
+(``families``), whose declarative table maps HF tensors to NNX params (``tensor_table``).
 
 Loading builds the model abstractly (``nnx.eval_shape``: shapes, no memory), resolves every
 parameter's target sharding from its logical axes, then reads the tensors one at a time from
@@ -9,9 +10,7 @@ device ever holds the whole model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
@@ -21,82 +20,14 @@ import numpy as np
 from flax import nnx
 
 from disrouter_jax import sharding as sharding_lib
-from disrouter_jax.models.config import Qwen2Config
-from disrouter_jax.models.qwen2 import Qwen2
+from disrouter_jax.models import families
+from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.models.safetensors_io import SafetensorsError, SafetensorsFile, save_file
+from disrouter_jax.models.tensor_table import LM_HEAD, TensorRule, expand_table
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorRule:
-    """One HF tensor <-> one model parameter.
-
-    ``linear_in_dims``: HF stores linear weights as ``[out, in]``; ours are ``[*in, *out]`` with
-    the first ``linear_in_dims`` dimensions being the input. ``None`` means the tensor keeps its
-    element order (embeddings, norms, biases) and is only reshaped: to 1-D in HF unless
-    ``keep_shape`` (the embedding table).
-    """
-
-    hf_name: str
-    model_path: tuple[str, ...]
-    linear_in_dims: int | None = None
-    keep_shape: bool = False
-
-    def hf_shape(self, model_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if self.linear_in_dims is None:
-            return tuple(model_shape) if self.keep_shape else (math.prod(model_shape),)
-        k = self.linear_in_dims
-        return (math.prod(model_shape[k:]), math.prod(model_shape[:k]))
-
-    def to_model(self, hf_array: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
-        if self.linear_in_dims is not None:
-            hf_array = hf_array.T
-        return hf_array.reshape(model_shape)
-
-    def to_hf(self, model_array: np.ndarray) -> np.ndarray:
-        hf_shape = self.hf_shape(model_array.shape)
-        if self.linear_in_dims is None:
-            return model_array.reshape(hf_shape)
-        return model_array.reshape(hf_shape[::-1]).T
-
-
-_LAYER = "model.layers.{i}."
-QWEN2_TABLE: tuple[TensorRule, ...] = (
-    TensorRule("model.embed_tokens.weight", ("embedding_vd",), keep_shape=True),
-    TensorRule("model.norm.weight", ("final_norm", "scale_d")),
-    TensorRule("lm_head.weight", ("lm_head_dv",), linear_in_dims=1),
-    TensorRule(_LAYER + "input_layernorm.weight", ("layers", "{i}", "input_norm", "scale_d")),
-    TensorRule(
-        _LAYER + "post_attention_layernorm.weight", ("layers", "{i}", "post_attn_norm", "scale_d")
-    ),
-    TensorRule(_LAYER + "self_attn.q_proj.weight", ("layers", "{i}", "attn", "q_weight_dnh"), 1),
-    TensorRule(_LAYER + "self_attn.q_proj.bias", ("layers", "{i}", "attn", "q_bias_nh")),
-    TensorRule(_LAYER + "self_attn.k_proj.weight", ("layers", "{i}", "attn", "k_weight_dkh"), 1),
-    TensorRule(_LAYER + "self_attn.k_proj.bias", ("layers", "{i}", "attn", "k_bias_kh")),
-    TensorRule(_LAYER + "self_attn.v_proj.weight", ("layers", "{i}", "attn", "v_weight_dkh"), 1),
-    TensorRule(_LAYER + "self_attn.v_proj.bias", ("layers", "{i}", "attn", "v_bias_kh")),
-    TensorRule(_LAYER + "self_attn.o_proj.weight", ("layers", "{i}", "attn", "o_weight_nhd"), 2),
-    TensorRule(_LAYER + "mlp.gate_proj.weight", ("layers", "{i}", "mlp", "gate_weight_df"), 1),
-    TensorRule(_LAYER + "mlp.up_proj.weight", ("layers", "{i}", "mlp", "up_weight_df"), 1),
-    TensorRule(_LAYER + "mlp.down_proj.weight", ("layers", "{i}", "mlp", "down_weight_fd"), 1),
-)
-
-
-def expand_table(config: Qwen2Config) -> dict[str, tuple[TensorRule, tuple]]:
-    """HF name -> (rule, concrete model path) for every tensor this config has."""
-    out = {}
-    for rule in QWEN2_TABLE:
-        if rule.hf_name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        layers = range(config.num_layers) if "{i}" in rule.hf_name else [None]
-        for i in layers:
-            name = rule.hf_name.format(i=i)
-            path = tuple(i if part == "{i}" else part for part in rule.model_path)
-            out[name] = (rule, path)
-    return out
 
 
 class CheckpointError(ValueError):
@@ -167,23 +98,23 @@ def from_pretrained(
     rules=None,
     attention_impl: str = "auto",
     float32_head: bool = False,
-) -> Qwen2:
-    """Loads a Hugging Face Qwen2 checkpoint directory as a (sharded) NNX model."""
+) -> Decoder:
+    """Loads a Hugging Face checkpoint directory of any supported family as a (sharded) model."""
     ckpt_dir = resolve_checkpoint_dir(path)
-    config = Qwen2Config.from_json(ckpt_dir / "config.json")
+    config = families.config_from_json(ckpt_dir / "config.json")
     param_dtype = dtype if param_dtype is None else param_dtype
     ctx = None if mesh is None else sharding_lib.ShardingContext(mesh, sharding_lib.freeze_rules(rules))
     abstract = nnx.eval_shape(
-        lambda: Qwen2(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), sharding=ctx,
-                      attention_impl=attention_impl, float32_head=float32_head)
+        lambda: Decoder(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), sharding=ctx,
+                        attention_impl=attention_impl, float32_head=float32_head)
     )
     graphdef, state = nnx.split(abstract)
     variables = dict(nnx.to_flat_state(state))
-    table = expand_table(config)
+    table = model_table(config, variables)
     located = _open_shards(ckpt_dir)
 
     # Validate everything from the headers before a single tensor is read.
-    ignored = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    ignored = {LM_HEAD} if config.tie_word_embeddings else set()
     unexpected = sorted(set(located) - set(table) - ignored)
     missing = sorted(set(table) - set(located))
     if missing:
@@ -209,6 +140,16 @@ def from_pretrained(
     return nnx.merge(graphdef, state)
 
 
+def model_table(config, variables) -> dict[str, tuple[TensorRule, tuple]]:
+    """The family's table expanded for ``config``; it must name every parameter of the model
+    (a table that misses one would leave it at its abstract placeholder)."""
+    table = expand_table(config.tensor_table, config)
+    uncovered = sorted(".".join(map(str, path)) for path in set(variables) - {p for _, p in table.values()})
+    if uncovered:
+        raise CheckpointError(f"{type(config).__name__}.tensor_table names no HF tensor for {uncovered}")
+    return table
+
+
 def _place(array: np.ndarray, variable, mesh, rules) -> jax.Array:
     if mesh is None:
         return jax.device_put(array)
@@ -226,14 +167,15 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def save_pretrained(
-    model: Qwen2,
+    model: Decoder,
     out_dir: str | os.PathLike,
     *,
     dtype=None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
 ) -> Path:
-    """Writes config.json + safetensors that ``transformers`` loads as ``Qwen2ForCausalLM``.
+    """Writes config.json + safetensors that ``transformers`` loads as the family's
+    ``*ForCausalLM`` (a LoRA model: merge it first, ``training.lora.merge_lora``).
 
     Tensors are gathered one at a time; files are written atomically. An existing checkpoint in
     ``out_dir`` is only replaced with ``overwrite=True``. In multi-process runs every process must
@@ -255,8 +197,10 @@ def save_pretrained(
     writer = jax.process_index() == 0
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(model, Decoder):
+        raise TypeError(f"save_pretrained expects a Decoder (merge LoRA first), got {type(model).__name__}")
     variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    table = expand_table(config)
+    table = model_table(config, variables)
 
     def out_dtype(variable):
         return np.dtype(dtype) if dtype is not None else np.dtype(variable.get_value().dtype)
@@ -311,6 +255,6 @@ def _write_json(path: Path, obj) -> None:
 
 
 __all__ = [
-    "CheckpointError", "QWEN2_TABLE", "SafetensorsError", "TensorRule", "expand_table",
-    "from_pretrained", "resolve_checkpoint_dir", "save_pretrained",
+    "CheckpointError", "SafetensorsError", "from_pretrained", "model_table", "resolve_checkpoint_dir",
+    "save_pretrained",
 ]

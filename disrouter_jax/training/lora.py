@@ -1,14 +1,18 @@
-"""LoRA for the Qwen2 model without touching the model code.
+"""LoRA for the decoder of any family without touching the model code.
 
 Every targeted weight ``W`` (an einsum weight such as ``q_weight_dnh [D, N, H]`` or
 ``o_weight_nhd [N, H, D]``) gets an adapter pair ``A: [in, r]``, ``B: [r, out]`` where ``in`` is the
 product of the input dimensions and ``out`` the product of the output dimensions. The forward runs
-the unchanged ``Qwen2`` code on a transient copy of the base model whose targeted weights are
+the unchanged ``Decoder`` code on a transient copy of the base model whose targeted weights are
 
     W_eff = W + (alpha / r) * reshape(A @ B, W.shape)
 
-so ``LoRAQwen2`` computes exactly what the merged model computes, and :func:`merge_lora` returns that
-merged ``Qwen2`` for export with ``save_pretrained``. Adapters are ``LoRAParam`` variables: build the
+so ``LoRAModel`` computes exactly what the merged model computes, and :func:`merge_lora` returns that
+merged ``Decoder`` for export with ``hf_io.save_pretrained``.
+
+Targets are named per family by its tensor table (``TensorRule.lora``): each adaptable weight by
+its HF module name (``q_proj``, as PEFT's ``target_modules``) or its generic name (``q``); every
+supported family today has the same seven (q, k, v, o, gate, up, down). Adapters are ``LoRAParam`` variables: build the
 optimizer with ``wrt=LoRAParam`` so that only they are trained and kept in the optimizer state; the
 base weights stay ``nnx.Param`` and are never differentiated.
 
@@ -30,7 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from disrouter_jax.models.qwen2 import Qwen2
+from disrouter_jax.models import families
+from disrouter_jax.models.decoder import Decoder
 
 
 class LoRAParam(nnx.Param):
@@ -39,21 +44,42 @@ class LoRAParam(nnx.Param):
 
 @dataclasses.dataclass(frozen=True)
 class TargetWeight:
+    name: str  # generic target name, also the adapter's key ("q")
+    hf_module: str  # the family's HF module name ("q_proj")
     module: str  # attribute of a decoder layer: "attn" or "mlp"
     weight: str  # attribute of that module
     in_ndim: int  # how many leading weight dimensions are inputs (contracted with x)
 
 
-# Target name -> weight of a decoder layer. Biases and norms are never adapted.
-LORA_TARGETS: dict[str, TargetWeight] = {
-    "q": TargetWeight("attn", "q_weight_dnh", 1),
-    "k": TargetWeight("attn", "k_weight_dkh", 1),
-    "v": TargetWeight("attn", "v_weight_dkh", 1),
-    "o": TargetWeight("attn", "o_weight_nhd", 2),
-    "gate": TargetWeight("mlp", "gate_weight_df", 1),
-    "up": TargetWeight("mlp", "up_weight_df", 1),
-    "down": TargetWeight("mlp", "down_weight_fd", 1),
-}
+def lora_targets(config) -> dict[str, TargetWeight]:
+    """The family's adaptable weights by generic name, read off its tensor table. Biases and
+    norms are never adapted."""
+    out = {}
+    for rule in config.tensor_table:
+        if rule.lora is not None:
+            _, _, module, weight = rule.model_path
+            out[rule.lora] = TargetWeight(rule.lora, rule.hf_module, module, weight, rule.linear_in_dims)
+    return out
+
+
+def _target_names() -> set[str]:
+    """Every target name some family accepts (generic and HF module names)."""
+    return {n for cls in families.FAMILIES.values() for t in lora_targets(cls).values() for n in (t.name, t.hf_module)}
+
+
+def resolve_targets(config, names) -> tuple[TargetWeight, ...]:
+    """``names`` (generic or HF module names) as the family of ``config`` names its weights."""
+    targets = lora_targets(config)
+    by_name = {n: t for t in targets.values() for n in (t.name, t.hf_module)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        offered = ", ".join(f"{t.name} ({t.hf_module})" for t in targets.values())
+        raise ValueError(f"LoRA targets {unknown} are not weights of family {config.family!r}; its targets: {offered}")
+    resolved = tuple(by_name[n] for n in names)
+    twice = sorted({t.name for t in resolved if sum(r is t for r in resolved) > 1})
+    if twice:
+        raise ValueError(f"LoRA targets {list(names)} name the weight(s) {twice} twice")
+    return resolved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +98,11 @@ class LoRAConfig:
         if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
             raise ValueError(f"LoRAConfig.alpha={self.alpha!r}: must be a number > 0")
         targets = tuple(self.targets)
-        unknown = [t for t in targets if t not in LORA_TARGETS]
+        known = _target_names()
+        unknown = [t for t in targets if t not in known]
         if not targets or unknown or len(set(targets)) != len(targets):
             raise ValueError(
-                f"LoRAConfig.targets={self.targets!r}: must be distinct names from {sorted(LORA_TARGETS)}"
+                f"LoRAConfig.targets={self.targets!r}: must be distinct names from {sorted(known)}"
             )
         object.__setattr__(self, "targets", targets)
         jnp.dtype(self.param_dtype)  # raises on an unknown dtype name
@@ -108,23 +135,24 @@ class LoRAAdapter(nnx.Module):
         return (self.scale * (a @ b)).reshape(self.weight_shape)
 
 
-class LoRAQwen2(nnx.Module):
-    """A frozen ``Qwen2`` plus adapters; same call signatures as ``Qwen2``."""
+class LoRAModel(nnx.Module):
+    """A frozen ``Decoder`` plus adapters; same call signatures as ``Decoder``. Adapters are keyed
+    by generic target name (``adapters[layer]["q"]``) whatever name the config used."""
 
-    def __init__(self, base: Qwen2, cfg: LoRAConfig):
-        if not isinstance(base, Qwen2):
-            raise TypeError(f"apply_lora expects a qwen2.Qwen2 model, got {type(base).__name__}")
+    def __init__(self, base: Decoder, cfg: LoRAConfig):
+        if not isinstance(base, Decoder):
+            raise TypeError(f"apply_lora expects a decoder.Decoder, got {type(base).__name__}")
         self.base = base
         self.lora_config = cfg
+        self.targets = resolve_targets(base.config, cfg.targets)
         rngs = nnx.Rngs(cfg.seed)
         layers = []
         for layer in base.layers:
             adapters = {}
-            for name in cfg.targets:
-                target = LORA_TARGETS[name]
+            for target in self.targets:
                 weight = getattr(getattr(layer, target.module), target.weight)
                 axes = weight.get_metadata().get("logical_axes", (None,) * weight[...].ndim)
-                adapters[name] = LoRAAdapter(weight[...].shape, axes, target.in_ndim, cfg, rngs)
+                adapters[target.name] = LoRAAdapter(weight[...].shape, axes, target.in_ndim, cfg, rngs)
             layers.append(nnx.Dict(adapters))
         self.adapters = nnx.List(layers)
 
@@ -140,13 +168,14 @@ class LoRAQwen2(nnx.Module):
     def dtype(self):
         return self.base.dtype
 
-    def merged(self) -> Qwen2:
-        """A new ``Qwen2`` whose targeted weights are ``W + delta``; the base is left untouched."""
+    def merged(self) -> Decoder:
+        """A new ``Decoder`` whose targeted weights are ``W + delta``; the base is left untouched."""
         graphdef, state = nnx.split(self.base)
         flat = dict(nnx.to_flat_state(state))
+        targets = {t.name: t for t in self.targets}
         for i, adapters in enumerate(self.adapters):
             for name, adapter in adapters.items():
-                target = LORA_TARGETS[name]
+                target = targets[name]
                 path = ("layers", i, target.module, target.weight)
                 weight = flat[path]
                 # Sum in float32 and round once to the weight's dtype. ``replace`` builds a new
@@ -165,19 +194,19 @@ class LoRAQwen2(nnx.Module):
         return self.merged().extend(input_ids_bt, positions_bt, attention_mask_bt, cache)
 
 
-def apply_lora(model: Qwen2, cfg: LoRAConfig | None = None) -> LoRAQwen2:
+def apply_lora(model: Decoder, cfg: LoRAConfig | None = None) -> "LoRAModel":
     """Wraps ``model`` (kept by reference, not copied) with zero-initialised adapters.
 
     With a mesh-sharded base, the adapters are placed on the same mesh by ``create_train_state``.
     """
-    return LoRAQwen2(model, cfg or LoRAConfig())
+    return LoRAModel(model, cfg or LoRAConfig())
 
 
-def merge_lora(model: LoRAQwen2 | Qwen2) -> Qwen2:
-    """The export model: a plain ``Qwen2`` with the adapters folded into the weights (a ``Qwen2``
-    is returned unchanged). Pass the result to ``qwen2.save_pretrained``."""
-    if isinstance(model, Qwen2):
+def merge_lora(model: "LoRAModel | Decoder") -> Decoder:
+    """The export model: a plain ``Decoder`` with the adapters folded into the weights (a
+    ``Decoder`` is returned unchanged). Pass the result to ``hf_io.save_pretrained``."""
+    if isinstance(model, Decoder):
         return model
-    if not isinstance(model, LoRAQwen2):
-        raise TypeError(f"merge_lora expects a LoRAQwen2 or Qwen2, got {type(model).__name__}")
+    if not isinstance(model, LoRAModel):
+        raise TypeError(f"merge_lora expects a LoRAModel or Decoder, got {type(model).__name__}")
     return model.merged()

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from disrouter_jax.models import qwen2
+from disrouter_jax.models.decoder import default_positions
 from disrouter_jax.selfaware import rewards
 from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.state import build_train_step, shard_batch
@@ -99,7 +99,7 @@ def forward_logits(model, batch) -> jax.Array:
     if batch.attention_mask_bt is None:
         return model(batch.input_ids_bt)
     mask = batch.attention_mask_bt
-    return model(batch.input_ids_bt, qwen2.default_positions(mask), mask)
+    return model(batch.input_ids_bt, default_positions(mask), mask)
 
 
 def safe_targets(batch):
@@ -135,6 +135,6 @@ def sequence_logprobs(model, batch) -> jax.Array:
 
     Jitted (one compilation per model structure and batch shape). Use it for the frozen reference
     model's log-probs in RL (``batch.replace(ref_logprobs_bt=sequence_logprobs(ref_model, batch))``)
-    or to recompute the rollout policy's log-probs. Works for ``Qwen2`` and ``LoRAQwen2``.
+    or to recompute the rollout policy's log-probs. Works for a ``Decoder`` of any family and its ``LoRAModel``.
     """
     return _sequence_logprobs(model, shard_batch(batch, getattr(model, "sharding", None)))

@@ -54,7 +54,7 @@ class TrainState:
     sharding: ShardingContext | None = dataclasses.field(metadata=dict(static=True))
 
     def model(self) -> nnx.Module:
-        """The current model (``Qwen2`` or ``LoRAQwen2``); new Variable objects, shared arrays."""
+        """The current model (a ``Decoder`` or ``LoRAModel``); new Variable objects, shared arrays."""
         return nnx.merge(self.model_def, self.params, self.frozen, copy=True)
 
     def optimizer(self) -> nnx.Optimizer:
@@ -123,7 +123,7 @@ def create_train_state(
     """Builds ``nnx.Optimizer(model, tx, wrt=wrt)`` and the sharded ``TrainState``.
 
     Args:
-      model: a ``Qwen2`` (full fine-tuning, ``wrt=nnx.Param``) or ``LoRAQwen2`` (``wrt=LoRAParam``).
+      model: a ``Decoder`` (full fine-tuning, ``wrt=nnx.Param``) or ``LoRAModel`` (``wrt=LoRAParam``).
       tx: an optax transformation or an ``OptimConfig`` (then ``make_optimizer(tx)``).
       wrt: filter of the trained variables; only they get optimizer state.
       sharding: mesh + rules; defaults to the model's own ``ShardingContext`` (None = one device).

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from disrouter_jax.models import qwen2
-from disrouter_jax.models.config import Qwen2Config
+from disrouter_jax.models.families import Qwen2Config
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.registry import TASKS, example_jsonl_task, register_task
 

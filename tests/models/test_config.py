@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from disrouter_jax.models.config import Qwen2Config
+from disrouter_jax.models.families import Qwen2Config
 
 BASE = dict(model_type="qwen2", vocab_size=100, hidden_size=64, intermediate_size=128,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

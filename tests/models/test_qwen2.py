@@ -12,6 +12,7 @@ from flax import nnx
 from transformers import Qwen2ForCausalLM
 
 from disrouter_jax import runtime, sharding
+from disrouter_jax.generation.engine import decode_head
 from disrouter_jax.models import qwen2
 
 # Row 0 is left-padded by 3, row 1 by 1, row 2 is full: positions restart at each first token.
@@ -123,7 +124,7 @@ def test_one_query_attention_on_the_cache_matches_the_general_path():
 @pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
 def test_decode_head_is_the_transposed_table_on_cpu_and_gives_the_same_logits(loaded, name):
     _, model, _ = loaded(name)
-    head = model.decode_head()
+    head = decode_head(model)
     if not model.config.tie_word_embeddings:
         assert head is None  # the untied head is already [D, V]
         return
@@ -161,13 +162,13 @@ def test_a_decode_step_moves_no_weight(loaded, name):
 
     def step(state, cache, ids, pos):
         m = nnx.merge(graphdef, state)
-        return m.extend(ids, pos, jnp.ones_like(ids, jnp.bool_), cache, head_dv=m.decode_head())
+        return m.extend(ids, pos, jnp.ones_like(ids, jnp.bool_), cache, head_dv=decode_head(m))
 
     ids = jnp.ones((3, 1), jnp.int32)
     compiled = runtime.jit(step, donate_argnums=(1,)).lower(state, cache, ids, ids).compile()
     entry = compiled.as_text().split("\nENTRY ")[-1]
     moved = _weight_shaped_copies(model, entry)
-    # A tied head's one [D, V] copy (decode_head) is the only weight-sized array made.
+    # A tied head's one [D, V] copy (engine.decode_head) is the only weight-sized array made.
     assert len(moved) == int(model.config.tie_word_embeddings), moved
 
 
