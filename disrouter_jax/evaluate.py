@@ -6,7 +6,8 @@ One command: builds or reuses the pool (the toy pool for ``:toy``), runs or reus
 Training, then evaluates. Everything goes under ``--workdir``:
 
     report.json           every figure per α × group (all / in_domain / out_of_domain / dataset:<name>) × method
-    routing_log.jsonl     one line per method × query × α (report.json is recomputable from it)
+    routing_log.jsonl     one line per method × query × α, each visited agent with its model family
+                          (report.json is recomputable from it; report.json's "families" comes from it)
     outcomes.jsonl        every agent's decision and correctness per query × α, as the cascade sees the
                           pool (the last agent on the plain prompt) — input of ``replay``
     plain_outcomes.jsonl  every agent's plain-prompt reply per query (keyed per α) — what the
@@ -361,6 +362,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
             lambda rows: routers.query_features_for(rows, keys, features_qd))
         router_info["feature_agent"] = feature_name
         records += router_records
+    records = log.with_families(records, {a.name: a.family for a in agents})
     if writer:
         records = sync_routing_log(routing_path, records)
 
@@ -426,6 +428,9 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
             lambda rs: routers.query_features_for(rs, keys, features_qd))
         records += router_recs
     out_dir = workdir / "replay" / "+".join(subpool)
+    full_report = workdir / report.REPORT_FILE
+    if full_report.exists():  # the evaluated pool's families, as its report names them
+        records = log.with_families(records, report.read_report(full_report).get("families", {}))
     records = sync_routing_log(out_dir / report.ROUTING_LOG_FILE, records)
     meta = {"replay_of": str(workdir), "subpool": subpool, "costs": e.replay_costs, "cost_mode": e.cost_mode,
             "baseline_replies": e.baseline_replies, "routers": router_info,

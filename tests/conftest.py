@@ -40,15 +40,55 @@ TINY_SHAPES = {
                 rope_theta=50000.0),
 }
 
+# One or two tiny checkpoints per other family (``model_type`` picks it), between them: GQA 1:1 to
+# 4:1, tied and untied, Qwen3's head_dim unrelated to hidden_size, Llama-3 RoPE scaling whose
+# three frequency bands all occur at head_dim 16, a Mistral window shorter than the test prompts.
+# Weights drawn 5x wider than transformers' default so that attention is far from uniform and
+# RoPE and the window visibly change the logits.
+FAMILY_SHAPES = {
+    "qwen3_hd12": dict(model_type="qwen3", vocab_size=89, hidden_size=32, intermediate_size=48,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                       tie_word_embeddings=False, initializer_range=0.1),
+    "qwen3_tied_gqa3": dict(model_type="qwen3", vocab_size=83, hidden_size=24, intermediate_size=40,
+                            num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                            tie_word_embeddings=True, initializer_range=0.1),
+    # Wavelengths 2*pi*10000^(2i/16) = 6.3 (kept: < 32/4), 19.9 (interpolated), 63+ (divided by 8).
+    "llama3_gqa4": dict(model_type="llama", vocab_size=95, hidden_size=48, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                        tie_word_embeddings=False, max_position_embeddings=128, initializer_range=0.1,
+                        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                             low_freq_factor=1.0, high_freq_factor=4.0,
+                                             original_max_position_embeddings=32)),
+    "mistral_window3": dict(model_type="mistral", vocab_size=91, hidden_size=32, intermediate_size=48,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            sliding_window=3, tie_word_embeddings=False, initializer_range=0.1),
+    "mistral_full_mha": dict(model_type="mistral", vocab_size=87, hidden_size=32, intermediate_size=40,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                             sliding_window=None, tie_word_embeddings=True, initializer_range=0.1),
+}
+TINY_SHAPES.update(FAMILY_SHAPES)
 
-def build_hf_checkpoint(out_dir: Path, seed: int = 0, **shape) -> Path:
-    """A random transformers Qwen2ForCausalLM saved as real safetensors (non-zero biases/norms)."""
+# model_type -> transformers (config class, causal LM class).
+HF_CLASSES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+              "llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM")}
+
+
+def hf_causal_lm_class(model_type: str):
+    import transformers
+
+    return getattr(transformers, HF_CLASSES[model_type][1])
+
+
+def build_hf_checkpoint(out_dir: Path, seed: int = 0, model_type: str = "qwen2", **shape) -> Path:
+    """A random transformers model of ``model_type`` saved as real safetensors (non-zero
+    biases/norms)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
+    config_name, model_name = HF_CLASSES[model_type]
     torch.manual_seed(seed)
-    config = Qwen2Config(**shape)
-    model = Qwen2ForCausalLM(config).eval()
+    config = getattr(transformers, config_name)(**shape)
+    model = getattr(transformers, model_name)(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "bias" in name or "norm" in name:

@@ -7,14 +7,15 @@ refusal option). If it still replies the refusal, that is a forced refusal, scor
 counted (``RoutingRecord.forced_refusal``). No agent depends on another: the pool is just the
 ordered list given, so adding, removing or reordering agents is a config change.
 
-**Decision.** The final decision is ``tasks.checkers.is_refusal`` on the decoded reply; an answer
+**Decision.** The final decision is ``tasks.checkers.is_refusal`` on the reply as the agent's own
+tokenizer decodes it (each agent also renders its prompts with its own chat template); an answer
 is scored by its task's checker. Decoding is greedy, so a query's reply depends only on the agent
 and the prompt, not on which other queries share its batch.
 
-**Early refusal detection.** The refusal is tokenized as the agent emits it
-(``agent.encode_response(REFUSAL)``, ``L`` tokens; 5 with the toy tokenizer, and with Qwen2.5's
-pre-tokenizer ``I| don|'t| know|!``)
-and handed to the generation engine as its ``early_stop`` predicate: a row stops the moment its
+**Early refusal detection.** The refusal is tokenized as the agent emits it, by the agent's own
+tokenizer (``agent.encode_response(REFUSAL)``, ``L`` tokens; 5 with the toy tokenizer, and with
+Qwen2.5's pre-tokenizer ``I| don|'t| know|!``; in a pool that mixes families each agent has its own
+sequence) and handed to the generation engine as its ``early_stop`` predicate: a row stops the moment its
 generated tokens equal that whole sequence. The decision is then final (``is_refusal`` accepts
 anything after the ``!``), so the agent does not have to finish its turn — a refused query costs
 its prefill plus ``L − 1`` single-token decode steps, whatever it would have said next (the
@@ -161,7 +162,7 @@ class Reply:
 
 
 def refusal_token_ids(agent: Agent) -> tuple[int, ...]:
-    """The refusal as the agent's tokenizer encodes a reply (what SFT taught it to emit)."""
+    """The refusal as the agent's own tokenizer encodes a reply (what SFT taught it to emit)."""
     return tuple(int(t) for t in agent.encode_response(REFUSAL))
 
 
@@ -284,6 +285,7 @@ class Cascade:
             raise ValueError(f"Cascade: agent names must be distinct, got {names}")
         self.config = config
         self.costs = {agent.name: float(agent.cost) for agent in self.agents}
+        self.families = {agent.name: agent.family for agent in self.agents}
 
     @property
     def names(self) -> list[str]:
@@ -329,7 +331,8 @@ class Cascade:
         last = self.agents[-1].name
         # A refusal's correctness is unknown (no forced answer here), except the last agent's: its
         # reply already is the plain-prompt (forced) answer, and a refusal is wrong.
-        visited = tuple(Visit(r.agent, r.decision, r.correct if not r.refused else (False if r.agent == last else None))
+        visited = tuple(Visit(r.agent, r.decision, r.correct if not r.refused else (False if r.agent == last else None),
+                              self.families[r.agent])
                         for r in replies)
         return RoutingRecord(
             query_id=query.query_id, dataset=query.dataset, alpha=alpha, visited=visited,

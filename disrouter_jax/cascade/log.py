@@ -95,11 +95,14 @@ class Visit:
 
     ``correct`` is the correctness of the agent's answer when it answered, of its forced answer
     when it refused and one was computed, and ``None`` when it refused without a forced answer.
+    ``family``: the agent's model family (``qwen2``, ``llama``, ...), where known; written to the
+    log only then, so logs of a pool without it read as before.
     """
 
     agent: str
     decision: str
     correct: Optional[bool] = None
+    family: Optional[str] = None
 
     def __post_init__(self):
         where = f"Visit(agent={self.agent!r})"
@@ -107,15 +110,18 @@ class Visit:
         _check_decision(self.decision, where)
         _check_optional_bool(self.correct, where, "correct")
         _require(not (self.decision == ANSWER and self.correct is None), where, "an answering visit needs 'correct'")
+        if self.family is not None:
+            _check_str(self.family, where, "family")
 
     def to_json(self) -> dict:
-        return {"agent": self.agent, "decision": self.decision, "correct": self.correct}
+        out = {"agent": self.agent, "decision": self.decision, "correct": self.correct}
+        return out if self.family is None else out | {"family": self.family}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> "Visit":
-        _check_keys(data, {"agent", "decision"}, {"correct"}, where)
+        _check_keys(data, {"agent", "decision"}, {"correct", "family"}, where)
         try:
-            return cls(data["agent"], data["decision"], data.get("correct"))
+            return cls(data["agent"], data["decision"], data.get("correct"), data.get("family"))
         except RecordError as error:
             raise RecordError(f"{where}: {error}") from None
 
@@ -393,6 +399,19 @@ def write_outcome_table(path: str | os.PathLike, rows: Iterable[OutcomeRow]) -> 
 def read_outcome_table(path: str | os.PathLike) -> list[OutcomeRow]:
     """Read every outcome row; malformed or repeated (α, dataset, query) lines raise naming file:line."""
     return _read_unique(path, OutcomeRow.from_json, "(alpha, dataset, query_id)")
+
+
+def with_families(records: Iterable[RoutingRecord], families: Mapping[str, str]) -> list[RoutingRecord]:
+    """``records`` with each visit naming its agent's family (``families[agent]``, where given)."""
+    def named(visit: Visit) -> Visit:
+        return dataclasses.replace(visit, family=families.get(visit.agent, visit.family))
+
+    return [dataclasses.replace(r, visited=tuple(named(v) for v in r.visited)) for r in records]
+
+
+def record_families(records: Iterable[RoutingRecord]) -> dict[str, str]:
+    """Agent -> family for every visit that names one."""
+    return {v.agent: v.family for r in records for v in r.visited if v.family is not None}
 
 
 def completed_keys(records: Sequence[RoutingRecord]) -> set:

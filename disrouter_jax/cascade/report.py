@@ -21,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from disrouter_jax.cascade import baselines
-from disrouter_jax.cascade.log import DISROUTER, IN_DOMAIN, OUT_OF_DOMAIN, RoutingRecord, read_routing_log
+from disrouter_jax.cascade.log import (DISROUTER, IN_DOMAIN, OUT_OF_DOMAIN, RoutingRecord, read_routing_log,
+                                       record_families)
 from disrouter_jax.cascade.metrics import ALL, alpha_key, evaluate_group, group_records, pool_costs
 
 REPORT_FORMAT = "disrouter_jax.report/v1"
@@ -48,6 +49,7 @@ def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
     ``agents`` fixes the pool order of the per-agent figures; ``costs`` (default
     :func:`metrics.default_costs`) and ``meta`` are stored as given (they do not change figures:
     each record carries the cost its method paid). Oracle figures come from the "oracle" records.
+    ``families`` (agent -> model family) is read off the records' visits, when they name them.
     """
     records = list(records)
     if not records:
@@ -72,9 +74,11 @@ def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
             per_group[group] = {m: evaluate_group(by_method[m], agents, oracle_index)
                                 for m in _ordered_methods(by_method)}
         results[alpha_key(alpha)] = per_group
+    families = record_families(records)
     return {
         "format": REPORT_FORMAT,
         "agents": list(agents),
+        **({"families": {a: families[a] for a in agents if a in families}} if families else {}),
         "costs": pool_costs(agents, costs),
         "alphas": [alpha_key(a) for a in sorted(by_alpha)],
         "methods": _ordered_methods({r.method for r in records}),
@@ -222,6 +226,8 @@ def format_summary_table(report: Mapping, groups: Optional[Sequence[str]] = None
     width = max([len(m) for m in report["methods"]] + [6])
     header = f"{'method':<{width}}  {'acc':>6}  {'cost':>6}  {'utility':>7}  {'%oracle':>7}  {'forced':>6}  {'n':>5}"
     lines = []
+    if report.get("families"):
+        lines.append("pool: " + ", ".join(f"{a} ({report['families'].get(a, '?')})" for a in report["agents"]))
     for group in groups:
         for key in report["alphas"]:
             methods = report["results"][key].get(group)

@@ -192,7 +192,7 @@ class HfConfigReader:
         return self.hf[key] if key in self.hf else cls.hf_defaults.get(key, default)
 
     def expect_family(self, cls) -> None:
-        model_type = self.hf.get("model_type", cls.family)
+        model_type = self.hf.get("model_type") or cls.family
         if model_type != cls.family:
             self.fail(f"model_type={model_type!r} is not a {cls.family!r} config")
 

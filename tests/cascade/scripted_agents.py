@@ -2,11 +2,15 @@
 
 How the script is enforced (no training needed, exact and robust):
 
-* A byte-level BPE tokenizer of the Qwen2 kind whose merges make the level words and the pieces
-  of ``I don't know!`` single tokens. Its chat template renders only the last message's text and
-  glues ``P`` to it when there is no system (scenario) message, so the prompt's last token is the
-  question's last word — a difficulty level ``Lzero``..``Lthree`` — or ``LzeroP``..``LthreeP``.
-* The Qwen2 weights make the next token a fixed function of the current token: the tokens used
+* A byte-level BPE tokenizer whose merges make the level words and the pieces of ``I don't
+  know!`` single tokens. Its chat template renders a fixed header, then only the last message's
+  text, and glues ``P`` to it when there is no system (scenario) message, so the prompt's last
+  token is the question's last word — a difficulty level ``Lzero``..``Lthree`` — or
+  ``LzeroP``..``LthreeP``. A ``Dialect`` fixes the tokenizer's kind, vocabulary order, special
+  tokens, header and how the refusal splits: ``CHATML`` (Qwen2.5's kind, ``I| don|'t| know|!``),
+  ``QWEN3`` (the same kind, other ids, a ``<|im_start|>user`` header), ``LLAMA3`` (a
+  ``PreTrainedTokenizerFast`` with Llama 3's special tokens and header, ``I| don't| know!``).
+* The weights (any model family) make the next token a fixed function of the current token: the tokens used
   get one-hot embedding directions, the LM head maps token ``t`` to ``next[t]`` with a large margin,
   and every other weight is small noise (a real, non-trivial forward pass whose effect on the
   argmax is far below the margin).
@@ -19,14 +23,15 @@ plain prompt it answers every level except ``Lthree`` (so the last agent produce
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from disrouter_jax.models import qwen2
-from disrouter_jax.models.families import Qwen2Config
+from disrouter_jax.models import families, hf_io
+from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.registry import TASKS, example_jsonl_task, register_task
 
@@ -45,6 +50,38 @@ CHAT_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' -%}{{ text }}{%- else -%}{{ text }}" + PLAIN_SUFFIX + "{%- endif -%}"
 )
 HIDDEN = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """A tokenizer kind for scripted agents (module doc)."""
+
+    name: str
+    special_tokens: tuple[str, ...]
+    eos: str
+    pad: str
+    words: tuple[str, ...]  # single tokens (besides the bytes)
+    chat_template: str
+    llama_kind: bool = False  # PreTrainedTokenizerFast without Qwen2's pre-tokenizer regex
+    specials_first: bool = True  # special tokens before the bytes in the vocabulary
+    bos: str | None = None
+
+
+def _template(header: str) -> str:
+    return ("{%- set text = messages[-1]['content'] -%}" + header
+            + "{% if messages[0]['role'] == 'system' %}{{ text }}{% else %}{{ text }}" + PLAIN_SUFFIX + "{% endif %}")
+
+
+CHATML = Dialect("chatml", SPECIAL_TOKENS, EOS, SPECIAL_TOKENS[0], WORDS, CHAT_TEMPLATE)
+QWEN3 = Dialect("qwen3", SPECIAL_TOKENS + ("<think>", "</think>"), EOS, SPECIAL_TOKENS[0], WORDS,
+                _template("<|im_start|>user\n"), specials_first=False)
+LLAMA3 = Dialect(
+    "llama3", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "<|eot_id|>", "<|end_of_text|>",
+    tuple(f" {lv}" for lv in LEVELS) + tuple(f" {lv}{PLAIN_SUFFIX}" for lv in LEVELS) + (
+        " don't", " know!", RAMBLE, "Question"),
+    _template("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"), llama_kind=True,
+    bos="<|begin_of_text|>")
 
 OOD_TASK_NAME = "scripted_levels_ood"
 
@@ -72,27 +109,47 @@ def _byte_level(text: str) -> str:
                    .pre_tokenize_str(text))
 
 
-def build_tokenizer():
-    """A Qwen2Tokenizer (the class AutoTokenizer picks for a qwen2 directory) whose merges make
-    each of ``WORDS`` one token; every other text falls back to byte tokens."""
+def build_tokenizer(dialect: Dialect = CHATML):
+    """A tokenizer of ``dialect`` whose merges make each of its words one token; every other
+    text falls back to byte tokens. CHATML and QWEN3 are Qwen2Tokenizers (the class AutoTokenizer
+    picks for a Qwen directory)."""
     from tokenizers import pre_tokenizers
-    from transformers import Qwen2Tokenizer
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab = {token: i for i, token in enumerate(dialect.special_tokens)} if dialect.specials_first else {}
     for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[symbol] = len(vocab)
     merges = []
-    for word in WORDS:
+    for word in dialect.words:
         spelled = _byte_level(word)
         for end in range(2, len(spelled) + 1):
             pair = (spelled[: end - 1], spelled[end - 1])
             if pair not in merges:
                 merges.append(pair)
             vocab.setdefault(spelled[:end], len(vocab))
-    return Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=EOS,
-                          pad_token=SPECIAL_TOKENS[0], add_prefix_space=False,
-                          extra_special_tokens=list(SPECIAL_TOKENS[1:]), chat_template=CHAT_TEMPLATE,
-                          clean_up_tokenization_spaces=False)
+    for token in dialect.special_tokens:
+        vocab.setdefault(token, len(vocab))
+    if dialect.llama_kind:
+        return _llama_kind_tokenizer(dialect, vocab, merges)
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=dialect.eos,
+                          pad_token=dialect.pad, add_prefix_space=False,
+                          extra_special_tokens=[t for t in dialect.special_tokens if t != dialect.pad],
+                          chat_template=dialect.chat_template, clean_up_tokenization_spaces=False)
+
+
+def _llama_kind_tokenizer(dialect: Dialect, vocab, merges):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    # No split before BPE: the merges alone decide, so " don't" can be one token.
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dialect.special_tokens])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=dialect.bos, eos_token=dialect.eos,
+                                   pad_token=dialect.pad, chat_template=dialect.chat_template,
+                                   clean_up_tokenization_spaces=False)
 
 
 def token_id(tokenizer, text: str) -> int:
@@ -121,20 +178,23 @@ def next_token_table(tokenizer, level: int, refuse_plain_levels=(3,)) -> dict[in
     return table
 
 
-def build_agent_checkpoint(out_dir: Path, level: int, seed: int = 0) -> Path:
-    """HF checkpoint dir (weights + tokenizer) of ladder agent ``level`` (see module doc)."""
-    tokenizer = build_tokenizer()
+def build_agent_checkpoint(out_dir: Path, level: int, seed: int = 0, *, family: str = "qwen2",
+                           dialect: Dialect = CHATML) -> Path:
+    """HF checkpoint dir (weights + tokenizer) of ladder agent ``level`` (see module doc), a
+    model of ``family`` with a ``dialect`` tokenizer."""
+    tokenizer = build_tokenizer(dialect)
     v = len(tokenizer)
-    eos = tokenizer.convert_tokens_to_ids(EOS)
+    eos = tokenizer.convert_tokens_to_ids(dialect.eos)
     table = next_token_table(tokenizer, level)
     used = sorted(set(table) | set(table.values()) | {eos})
     assert len(used) <= HIDDEN, (len(used), HIDDEN)
-    config = Qwen2Config(vocab_size=v, hidden_size=HIDDEN, intermediate_size=32, num_layers=1, num_heads=4,
-                         num_kv_heads=2, head_dim=16, tie_word_embeddings=False, max_position_embeddings=512,
-                         eos_token_id=eos)
+    # What a pool builder calls for an agent of any family: a config, a Decoder, save_pretrained.
+    config = families.make_config(family, vocab_size=v, hidden_size=HIDDEN, intermediate_size=32, num_layers=1,
+                                  num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False,
+                                  max_position_embeddings=512, eos_token_id=eos)
     # Abstract construction (no random-init programs to compile); every weight is set below.
-    model = nnx.eval_shape(lambda: qwen2.Qwen2(config, dtype=jnp.float32, param_dtype=jnp.float32,
-                                               rngs=nnx.Rngs(seed)))
+    model = nnx.eval_shape(lambda: Decoder(config, dtype=jnp.float32, param_dtype=jnp.float32,
+                                           rngs=nnx.Rngs(seed)))
     rng = np.random.default_rng(seed)
     for _, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         shape = param.get_value().shape
@@ -152,7 +212,7 @@ def build_agent_checkpoint(out_dir: Path, level: int, seed: int = 0) -> Path:
             head[direction[token], following] += 1.0
     model.embedding_vd.set_value(embedding.astype(np.float32))
     model.lm_head_dv.set_value(head.astype(np.float32))
-    qwen2.save_pretrained(model, out_dir)
+    hf_io.save_pretrained(model, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     return Path(out_dir)
 

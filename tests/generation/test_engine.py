@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from transformers import Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from disrouter_jax import sharding
 from disrouter_jax.generation import TRACE_COUNTS, BucketConfig, generate, plan_batches
-from disrouter_jax.models import qwen2
+from disrouter_jax.models import hf_io, qwen2
 from tests.conftest import build_hf_checkpoint
 
 # Different lengths, so the batch is left-padded; all within one 16-token bucket.
@@ -25,18 +25,25 @@ def gqa2(tiny_checkpoint):
     return ckpt, qwen2.from_pretrained(ckpt)
 
 
-def hf_greedy(ckpt, prompts, max_new_tokens, eos_token_id=None) -> list[list[int]]:
-    """transformers greedy on the left-padded batch, each row cut after its first eos."""
-    model = Qwen2ForCausalLM.from_pretrained(ckpt).eval()
+def hf_greedy(ckpt, prompts, max_new_tokens, eos_token_id=None, min_margin=None) -> list[list[int]]:
+    """transformers greedy on the left-padded batch, each row cut after its first eos (None: no
+    eos, whatever the family's default). ``min_margin``: assert every greedy pick led the
+    runner-up by that much, so a match never rests on the last bits of a near tie."""
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    model.generation_config.eos_token_id = None  # e.g. Llama's and Mistral's default eos 2
     longest = max(map(len, prompts))
     ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                             pad_token_id=0)
+                             pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    if min_margin is not None:
+        top2 = torch.stack(out.scores, 1).topk(2, dim=-1).values  # [B, N, 2]
+        margin = float((top2[..., 0] - top2[..., 1]).min())
+        assert margin > min_margin, f"{ckpt}: a greedy pick leads by only {margin:.2e}"
     rows = []
-    for row in out[:, longest:].tolist():
+    for row in out.sequences[:, longest:].tolist():
         if eos_token_id is not None and eos_token_id in row:
             row = row[: row.index(eos_token_id) + 1]
         rows.append(row)
@@ -53,6 +60,16 @@ def pick_stop_token(rows: list[list[int]]) -> int:
             if any(token not in other for other in rows):
                 return token
     raise AssertionError(f"no usable stop token in {rows}")
+
+
+@pytest.mark.parametrize("name", ["qwen3_tied_gqa3", "llama3_gqa4", "mistral_window3"])
+def test_greedy_matches_transformers_per_family(tiny_checkpoint, name):
+    """Token for token what transformers' generate picks, for a tied Qwen3, a Llama with llama3
+    RoPE, and Mistral with a window shorter than most prompts."""
+    ckpt = tiny_checkpoint(name)
+    reference = hf_greedy(ckpt, PROMPTS, NEW, min_margin=1e-3)
+    ours = generate(hf_io.from_pretrained(ckpt), PROMPTS, max_new_tokens=NEW, stop_token_ids=())
+    assert [g[0].token_list for g in ours] == reference
 
 
 @pytest.mark.parametrize("name", ["gqa2", "tied_gqa7"])
