@@ -1,0 +1,27 @@
+"""configs/eval_mixed_pool.py: a paper-setup pool of Qwen2.5, Llama and Qwen3 agents in cost order."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from disrouter_jax.agents import AgentSpec
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval_mixed_pool.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("eval_mixed_pool", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_mixed_pool_config_lists_three_families_in_cost_order():
+    config = _module().get_config()
+    specs = [AgentSpec.from_dict(a) for a in config.pool.agents]
+    assert [s.cost for s in specs] == sorted(s.cost for s in specs)
+    assert {s.path.split("/")[1].split("-")[0] for s in specs} == {"Qwen2.5", "Qwen3", "Llama"}
+    assert config.eval.alphas == (0.2, 0.5, 0.8) and config.setup == "paper"
+    with pytest.raises(ValueError, match="only 'paper'"):
+        _module().get_config("toy")
