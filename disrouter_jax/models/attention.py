@@ -57,16 +57,17 @@ def attention(q_btnh, k, v, allowed_bts, dtype, impl: str = "xla", kv_layout: st
     ``k``/``v`` are both ``[B, S, K, H]`` (``kv_layout="bskh"``, fresh projections) or a
     ``KVCache`` layer's keys ``[B, K, H, S]`` and values ``[B, K, S, H]`` (``"cache"``).
     ``allowed_bts=None`` means plain causal attention over the same T positions (training on
-    unpadded or right-padded rows; ``window``: banded); only that case can take the fused cuDNN
-    kernel, which skips the masked part instead of materialising a [B, N, T, T] score tensor.
+    unpadded or right-padded rows; ``window``: banded); only that case without a window can take
+    the fused cuDNN kernel, which skips the masked half instead of materialising a [B, N, T, T]
+    score tensor.
     """
     if kv_layout not in KV_LAYOUTS:
         raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
     if allowed_bts is None:
-        if impl == "cudnn" and kv_layout == "bskh":
+        # A window takes the einsums: cuDNN's local_window_size is not yet checked on a GPU here.
+        if impl == "cudnn" and kv_layout == "bskh" and window is None:
             return jax.nn.dot_product_attention(
-                q_btnh, k, v, is_causal=True, implementation="cudnn",
-                local_window_size=None if window is None else (window - 1, 0),
+                q_btnh, k, v, is_causal=True, implementation="cudnn"
             ).astype(dtype)
         allowed_bts = causal_ts(q_btnh.shape[1], window)[None]
     b, t, n, h = q_btnh.shape
