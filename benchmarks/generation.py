@@ -68,9 +68,9 @@ class JaxEngine:
     def from_checkpoint(cls, ckpt: Path, dtype: str) -> "JaxEngine":
         import jax.numpy as jnp
 
-        from disrouter_jax.models import qwen2
+        from disrouter_jax.models import hf_io
 
-        return cls(qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype)))
+        return cls(hf_io.from_pretrained(ckpt, dtype=getattr(jnp, dtype)))
 
     def run(self, prompts, max_new_tokens: int) -> int:
         out = self._generate(self.model, prompts, max_new_tokens=max_new_tokens,

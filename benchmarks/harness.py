@@ -55,9 +55,10 @@ def random_model(shape: ModelShape, dtype: str):
     import jax.numpy as jnp
     from flax import nnx
 
-    from disrouter_jax.models import qwen2
+    from disrouter_jax.models.decoder import Decoder
+    from disrouter_jax.models.families import Qwen2Config
 
-    config = qwen2.Qwen2Config(
+    config = Qwen2Config(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size, num_layers=shape.num_hidden_layers,
         num_heads=shape.num_attention_heads, num_kv_heads=shape.num_key_value_heads,
@@ -65,7 +66,7 @@ def random_model(shape: ModelShape, dtype: str):
         tie_word_embeddings=shape.tie_word_embeddings,
     )
     jdtype = getattr(jnp, dtype)
-    return qwen2.Qwen2(config, dtype=jdtype, param_dtype=jdtype, rngs=nnx.Rngs(0))
+    return Decoder(config, dtype=jdtype, param_dtype=jdtype, rngs=nnx.Rngs(0))
 
 
 def lookup(table, device_kind: str):

@@ -56,14 +56,14 @@ class JaxTrainer:
         import jax.numpy as jnp
         from flax import nnx
 
-        from disrouter_jax.models import qwen2
+        from disrouter_jax.models import hf_io
         from disrouter_jax.training.optim import OptimConfig
         from disrouter_jax.training.rl import RLBatch, RLConfig, make_rl_step
         from disrouter_jax.training.sft import TokenBatch, make_sft_step
         from disrouter_jax.training.state import create_train_state
 
         self.jax = jax
-        model = qwen2.from_pretrained(ckpt, dtype=getattr(jnp, dtype), param_dtype=jnp.float32,
+        model = hf_io.from_pretrained(ckpt, dtype=getattr(jnp, dtype), param_dtype=jnp.float32,
                                       attention_impl=attention, float32_head=float32_head)
         self.config = model.config
         self.attention_impl = model.attention_impl
