@@ -111,6 +111,17 @@ def tiny_checkpoint(tmp_path_factory):
     return get
 
 
+def load_config_module(filename: str):
+    """A ``configs/`` file as a module (they are plain files, not a package)."""
+    import importlib.util
+
+    path = PROJECT_ROOT / "configs" / filename
+    spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

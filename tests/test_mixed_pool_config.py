@@ -1,20 +1,13 @@
 """configs/eval_mixed_pool.py: a paper-setup pool of Qwen2.5, Llama and Qwen3 agents in cost order."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from disrouter_jax.agents import AgentSpec
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval_mixed_pool.py"
+from tests.conftest import load_config_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("eval_mixed_pool", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_config_module("eval_mixed_pool.py")
 
 
 def test_the_mixed_pool_config_lists_three_families_in_cost_order():

@@ -1,18 +1,12 @@
 """The Self-Awareness Training defaults of the two setups (configs/common.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-COMMON = Path(__file__).resolve().parents[1] / "configs" / "common.py"
+from tests.conftest import load_config_module
 
 
 def _common():
-    spec = importlib.util.spec_from_file_location("configs_common", COMMON)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_config_module("common.py")
 
 
 def test_paper_setup_keeps_the_papers_training():

@@ -86,10 +86,12 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ConfigError(f"{where}: head_dim={self.head_dim} must be even for rotary embeddings")
         if self.rope_scaling is not None and not self.accepts_rope_scaling:
-            raise ConfigError(f"{where}: family {self.family!r} has no RoPE scaling, got {self.rope_scaling}")
+            raise ConfigError(f"{where}: rope_scaling={self.rope_scaling} is not supported for family "
+                              f"{self.family!r}")
         if self.sliding_window is not None:
             if not self.accepts_sliding_window:
-                raise ConfigError(f"{where}: family {self.family!r} has no sliding-window attention here")
+                raise ConfigError(f"{where}: sliding_window={self.sliding_window} is not supported for family "
+                                  f"{self.family!r}")
             if self.sliding_window < 1:
                 raise ConfigError(f"{where}: sliding_window={self.sliding_window} must be >= 1")
 
@@ -143,11 +145,11 @@ class ModelConfig:
             "rope_theta": self.rope_theta,
             "rope_parameters": rope,
             "tie_word_embeddings": self.tie_word_embeddings,
+            **self._family_hf_fields(),
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
             "torch_dtype": "float32",
-            **self._family_hf_fields(),
         }
 
     def _family_hf_fields(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from transformers import AutoModelForCausalLM
 
@@ -21,22 +20,10 @@ from disrouter_jax.models import families, hf_io
 from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.models.kv_cache import init_cache
 from tests.conftest import FAMILY_SHAPES, HF_CLASSES
+from tests.models.conftest import INPUT_IDS, MASK, POSITIONS, torch_logits
 
-# Left-padded rows (positions restart at each first token), 8 tokens: longer than Mistral's window.
-INPUT_IDS = np.array([[0, 0, 0, 5, 17, 3, 9, 11], [0, 8, 2, 40, 1, 6, 30, 21], [4, 4, 7, 1, 2, 3, 9, 8]])
-MASK = np.array([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
-POSITIONS = np.maximum(np.cumsum(MASK, -1) - 1, 0)
 REAL = MASK.astype(bool)
 NAMES = list(FAMILY_SHAPES)
-
-
-def torch_logits(ckpt_dir, ids=INPUT_IDS, mask=MASK) -> np.ndarray:
-    model = AutoModelForCausalLM.from_pretrained(ckpt_dir).eval()
-    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                     position_ids=torch.tensor(positions)).logits.numpy()
-
 
 # Jitted: one compilation per model, several times faster than running the ops one by one.
 _forward = jax.jit(lambda model, *args: model(*args))
@@ -46,19 +33,6 @@ _extend = jax.jit(lambda model, *args: model.extend(*args))
 def jax_logits(model, ids=INPUT_IDS, mask=MASK) -> np.ndarray:
     positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
     return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask)))
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_checkpoint):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            ckpt = tiny_checkpoint(name)
-            cache[name] = (ckpt, hf_io.from_pretrained(ckpt), torch_logits(ckpt))
-        return cache[name]
-
-    return get
 
 
 def with_config(model: Decoder, **changes) -> Decoder:

@@ -7,46 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from transformers import Qwen2ForCausalLM
 
 from disrouter_jax import runtime, sharding
 from disrouter_jax.generation.engine import decode_head
 from disrouter_jax.models import qwen2
-
-# Row 0 is left-padded by 3, row 1 by 1, row 2 is full: positions restart at each first token.
-INPUT_IDS = np.array([[0, 0, 0, 5, 17, 3, 9, 11], [0, 8, 2, 40, 1, 6, 30, 21], [4, 4, 7, 1, 2, 3, 9, 8]])
-MASK = np.array([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
-POSITIONS = np.maximum(np.cumsum(MASK, -1) - 1, 0)
-
-
-def torch_logits(ckpt_dir) -> np.ndarray:
-    model = Qwen2ForCausalLM.from_pretrained(ckpt_dir).eval()
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(INPUT_IDS),
-            attention_mask=torch.tensor(MASK),
-            position_ids=torch.tensor(POSITIONS),
-        )
-    return out.logits.numpy()
+from tests.models.conftest import INPUT_IDS, MASK, POSITIONS
 
 
 def jax_logits(model) -> np.ndarray:
     return np.asarray(model(jnp.asarray(INPUT_IDS), jnp.asarray(POSITIONS), jnp.asarray(MASK)))
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_checkpoint):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            ckpt = tiny_checkpoint(name)
-            cache[name] = (ckpt, qwen2.from_pretrained(ckpt), torch_logits(ckpt))
-        return cache[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", ["gqa2", "tied_gqa7", "mha"])

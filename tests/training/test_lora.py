@@ -94,3 +94,16 @@ def test_only_adapters_are_trained_and_kept_in_the_optimizer(gqa2_path, sft_step
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=f"LoRAConfig.{field}"):
         LoRAConfig(**kwargs)
+
+
+def test_targets_are_named_per_family_by_its_tensor_table():
+    from disrouter_jax.models import families
+    from disrouter_jax.training.lora import resolve_targets
+
+    for cls in families.FAMILIES.values():
+        assert [t.name for t in resolve_targets(cls, ("q_proj", "o", "down_proj"))] == ["q", "o", "down"]
+    assert LoRAConfig(targets=("gate_proj", "up")).targets == ("gate_proj", "up")
+    with pytest.raises(ValueError, match=r"name the weight\(s\) \['q'\] twice"):
+        resolve_targets(families.LlamaConfig, ("q", "q_proj"))
+    with pytest.raises(ValueError, match=r"not weights of family 'qwen3'; its targets: q \(q_proj\), k \(k_proj\)"):
+        resolve_targets(families.Qwen3Config, ("q_norm",))
