@@ -92,6 +92,9 @@ def test_report_has_every_method_alpha_and_group(evaluated):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert built["meta"]["replay_agreement"] == {"0.2": 1.0, "0.5": 1.0, "0.8": 1.0}
     assert built["meta"]["refusal_tokens"] == {"agent0": 5, "agent1": 5, "agent2": 5}
+    assert built["families"] == {"agent0": "qwen2", "agent1": "qwen2", "agent2": "qwen2"}
+    # Every method's routing-log line names the family of each agent it visited.
+    assert all(v.family == "qwen2" for r in log.read_routing_log(workdir / report.ROUTING_LOG_FILE) for v in r.visited)
 
 
 def test_disrouter_routes_as_scripted_and_equals_the_replay(evaluated):

@@ -96,13 +96,14 @@ class Visit:
     ``correct`` is the correctness of the agent's answer when it answered, of its forced answer
     when it refused and one was computed, and ``None`` when it refused without a forced answer.
     ``family``: the agent's model family (``qwen2``, ``llama``, ...), where known; written to the
-    log only then, so logs of a pool without it read as before.
+    log only then, so logs of a pool without it read as before. It describes the agent, not the
+    routing, so it takes no part in equality: a replay, which knows no models, equals the run.
     """
 
     agent: str
     decision: str
     correct: Optional[bool] = None
-    family: Optional[str] = None
+    family: Optional[str] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         where = f"Visit(agent={self.agent!r})"
