@@ -82,10 +82,6 @@ class Decoder(nnx.Module):
                 rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype
             )
 
-    @property
-    def family(self) -> str:
-        return self.config.family
-
     def embed(self, input_ids_bt):
         x = jnp.take(self.embedding_vd[...], input_ids_bt, axis=0).astype(self.dtype)
         return constrain(x, ("batch", "length", "embed"), self.sharding)
