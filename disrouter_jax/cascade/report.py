@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from disrouter_jax.cascade import baselines
+from disrouter_jax.cascade import baselines, bootstrap
 from disrouter_jax.cascade.log import (DISROUTER, IN_DOMAIN, OUT_OF_DOMAIN, RoutingRecord, read_routing_log,
                                        record_families)
 from disrouter_jax.cascade.metrics import ALL, alpha_key, evaluate_group, group_records, pool_costs
@@ -73,6 +73,7 @@ def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
                 by_method.setdefault(record.method, []).append(record)
             per_group[group] = {m: evaluate_group(by_method[m], agents, oracle_index)
                                 for m in _ordered_methods(by_method)}
+            _attach_intervals(per_group[group], group_recs)
         results[alpha_key(alpha)] = per_group
     families = record_families(records)
     return {
@@ -86,6 +87,17 @@ def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
         "results": results,
         "meta": dict(meta or {}),
     }
+
+
+def _attach_intervals(figures_by_method: dict, records: Sequence[RoutingRecord]) -> None:
+    """Each method's 95 % paired-bootstrap interval of utility ("utility_ci") and, against
+    DiSRouter, of the difference DiSRouter − method on the queries both were scored on
+    ("vs_disrouter")."""
+    intervals = bootstrap.paired_intervals(records, DISROUTER)
+    for method, figures in figures_by_method.items():
+        figures["utility_ci"] = intervals["utility"][method]
+        if method in intervals["difference"]:
+            figures["vs_disrouter"] = intervals["difference"][method]
 
 
 def recompute_report(routing_log_path: str | os.PathLike, report: Mapping) -> dict:
@@ -220,11 +232,20 @@ def _cell(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(ci) -> str:
+    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _difference(diff) -> str:
+    return "-" if diff is None else f"{diff['mean']:+.3f} {_interval(diff['ci'])}"
+
+
 def format_summary_table(report: Mapping, groups: Optional[Sequence[str]] = None) -> str:
     """Plain-text table: per group and α, each method's accuracy, cost, utility and % of oracle."""
     groups = list(groups) if groups is not None else _plot_groups(report)
     width = max([len(m) for m in report["methods"]] + [6])
-    header = f"{'method':<{width}}  {'acc':>6}  {'cost':>6}  {'utility':>7}  {'%oracle':>7}  {'forced':>6}  {'n':>5}"
+    header = (f"{'method':<{width}}  {'acc':>6}  {'cost':>6}  {'utility':>7}  {'95% CI':>15}  {'%oracle':>7}  "
+              f"{'disrouter - method [95% CI]':>29}  {'forced':>6}  {'n':>5}")
     lines = []
     if report.get("families"):
         lines.append("pool: " + ", ".join(f"{a} ({report['families'].get(a, '?')})" for a in report["agents"]))
@@ -236,6 +257,7 @@ def format_summary_table(report: Mapping, groups: Optional[Sequence[str]] = None
             lines += ["", f"[{group}] alpha = {key}", header, "-" * len(header)]
             for method, f in methods.items():
                 lines.append(f"{method:<{width}}  {_cell(f['accuracy']):>6}  {_cell(f['mean_cost']):>6}  "
-                             f"{_cell(f['utility']):>7}  {_cell(f['pct_oracle_utility'], 1):>7}  "
+                             f"{_cell(f['utility']):>7}  {_interval(f.get('utility_ci')):>15}  "
+                             f"{_cell(f['pct_oracle_utility'], 1):>7}  {_difference(f.get('vs_disrouter')):>29}  "
                              f"{f['forced_refusals']:>6}  {f['n']:>5}")
     return "\n".join(lines).lstrip("\n")

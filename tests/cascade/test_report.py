@@ -103,5 +103,8 @@ def test_summary_table_lists_every_method_and_value():
         assert method in table
     cascade_line = next(line for line in table.splitlines()[table.splitlines().index("[all] alpha = 0.5"):]
                         if line.startswith("disrouter"))
-    # accuracy 0.5, cost 0.6, utility 0.2, 40 % of the oracle, 1 forced refusal, 4 queries
-    assert cascade_line.split() == ["disrouter", "0.500", "0.600", "0.200", "40.0", "1", "4"]
+    # accuracy 0.5, cost 0.6, utility 0.2 [its interval], 40 % of the oracle, no difference to
+    # itself, 1 forced refusal, 4 queries
+    lo, hi = built["results"]["0.5"]["all"]["disrouter"]["utility_ci"]
+    assert cascade_line.split() == ["disrouter", "0.500", "0.600", "0.200", f"[{lo:.3f},", f"{hi:.3f}]", "40.0",
+                                    "-", "1", "4"]
