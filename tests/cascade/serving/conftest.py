@@ -43,8 +43,8 @@ def get_config(config_string=None):
     s = config.serve
     s.train_agents = False
     s.max_new_tokens = 12
-    s.max_batch_size = 64
-    s.warmup = "smallest"
+    s.max_batch_size = 16  # five batch buckets, compiled while the test computes the offline answers
+    s.warmup = "all"
     return config
 '''
 
@@ -64,6 +64,14 @@ def ladder_pool(tmp_path_factory):
     config_path = root / "serve_ladder.py"
     config_path.write_text(CONFIG_TEMPLATE.format(base=str(PROJECT_ROOT / "configs" / "serve.py"), agents=agents))
     return config_path, agents
+
+
+@pytest.fixture(scope="session")
+def ladder_agents(ladder_pool):
+    """The served ladder loaded in this process (for the offline engine's answers)."""
+    from disrouter_jax.agents import AgentSpec, load_agent
+
+    return [load_agent(AgentSpec(a["name"], a["path"], a["cost"])) for a in ladder_pool[1]]
 
 
 def wait_ready(base_url: str, timeout: float, process: subprocess.Popen | None = None) -> None:

@@ -17,7 +17,6 @@ import httpx
 import openai
 import pytest
 
-from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import engine
 from tests.cascade import scripted_agents as sa
 from tests.cascade.serving.conftest import ServerProcess, openai_client
@@ -42,11 +41,9 @@ def examples():
 
 
 @pytest.fixture(scope="module")
-def offline(ladder_pool, examples):
+def offline(ladder_agents, examples):
     """``{alpha: [RoutingRecord per example]}`` from the offline cascade engine, greedy."""
-    _, agent_dicts = ladder_pool
-    agents = [load_agent(AgentSpec(a["name"], a["path"], a["cost"])) for a in agent_dicts]
-    cascade = engine.Cascade(agents, engine.EngineConfig(max_new_tokens=12, max_batch_size=8))
+    cascade = engine.Cascade(ladder_agents, engine.EngineConfig(max_new_tokens=12, max_batch_size=8))
     queries = [engine.Query(e) for e in examples]
     return {alpha: cascade.run(queries, alpha).records for alpha in ALPHAS}
 
