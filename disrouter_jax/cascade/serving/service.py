@@ -93,9 +93,12 @@ class CascadeService:
     def make_job(self, request: ChatRequest) -> Job:
         """The request's prompt for every agent; 400 if one does not fit its agent's context."""
         messages = request.message_dicts()
-        prompts = []
+        prompts, rendered = [], {}
         for stage in self.stages:
-            ids = stage.prompt_ids(messages, request.alpha)
+            key = stage.prompt_key(request.alpha)
+            if key not in rendered:  # the chat template is the costliest host work per request
+                rendered[key] = stage.prompt_ids(messages, request.alpha)
+            ids = rendered[key]
             if len(ids) + request.max_tokens > stage.context_length:
                 raise RequestError(
                     400, f"'messages' is {len(ids)} tokens for agent {stage.name!r}; with max_tokens="

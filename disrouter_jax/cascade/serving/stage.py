@@ -84,6 +84,10 @@ class AgentStage:
         self.buckets = buckets
         ids = refusal_token_ids(agent)
         self.early_stop = refusal_early_stop(ids) if early_refusal and ids else None
+        tokenizer = agent.tokenizer
+        # Agents whose tokenizers agree (a pool of one family shares one) render a request once.
+        self.tokenizer_key = hash((type(tokenizer).__name__, getattr(tokenizer, "chat_template", None),
+                                   tuple(sorted(tokenizer.get_vocab().items()))))
 
     @property
     def name(self) -> str:
@@ -96,6 +100,10 @@ class AgentStage:
     @property
     def context_length(self) -> int:
         return int(self.agent.model.config.max_position_embeddings)
+
+    def prompt_key(self, alpha: float) -> tuple:
+        """Equal for two stages exactly when their prompts for a request are equal."""
+        return (self.tokenizer_key, None if self.last else alpha)
 
     def prompt_ids(self, messages: Sequence[Mapping[str, str]], alpha: float) -> list[int]:
         return chat_prompt_ids(self.agent.tokenizer, stage_messages(messages, None if self.last else alpha))

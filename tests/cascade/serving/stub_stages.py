@@ -24,6 +24,9 @@ class StubStage:
         self.batches: list[list[str]] = []
         self.lock = threading.Lock()
 
+    def prompt_key(self, alpha) -> tuple:
+        return (self.name, alpha)
+
     def prompt_ids(self, messages, alpha) -> list[int]:
         return list(messages[-1]["content"].encode())
 
