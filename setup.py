@@ -22,8 +22,11 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboardX",
+        "fastapi",
+        "uvicorn",
+        "prometheus_client",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0"],
+        "test": ["pytest", "torch==2.13.0", "openai", "httpx"],
     },
 )

@@ -113,7 +113,7 @@ def decode_head(model):
 
 
 def _decode(
-    graphdef, state, cache, logits_bv, next_position_b, active_b, prompt_index_b, sample_index_b,
+    graphdef, state, cache, logits_bv, next_position_b, active_b, key_index_b, sample_index_b,
     seed, temperature, top_p, stop_ids_s, max_new_tokens,
     *, buffer_length, mode, early_stop,
 ):
@@ -121,7 +121,7 @@ def _decode(
     model = nnx.merge(graphdef, state)
     ctx = model.sharding
     batch = logits_bv.shape[0]
-    keys_b = None if mode.greedy else sampling.row_keys(seed, prompt_index_b, sample_index_b)
+    keys_b = None if mode.greedy else sampling.row_keys(seed, key_index_b, sample_index_b)
     head_dv = decode_head(model)  # made once, outside the loop
 
     def choose(logits_bv, step):
@@ -330,6 +330,7 @@ def generate(
     early_stop: EarlyStop | None = None,
     cache_dtype=None,
     progress: bool | None = None,
+    key_ids: Sequence[int] | None = None,
 ) -> list[list[Generation]]:
     """Continues every prompt ``num_samples`` times; returns ``[prompt][sample] -> Generation``.
 
@@ -337,7 +338,9 @@ def generate(
     greedy (top-k/top-p ignored); otherwise tokens are sampled from ``softmax(logits /
     temperature)`` restricted to the ``top_k`` most likely (0 = all) and to the nucleus of
     probability ``top_p`` (1 = all). Sampling is reproducible: a sample depends only on ``seed``,
-    its prompt's index and its sample index (not on batching or devices).
+    its prompt's index and its sample index (not on batching or devices). ``key_ids`` (one int in
+    [0, 2**31) per prompt) replaces the prompt's index in that triple: a server gives each request
+    its own seed there, so its samples do not depend on which requests share its call.
 
     ``num_samples``: each prompt is prefilled once and its KV cache repeated per sample.
 
@@ -370,6 +373,7 @@ def generate(
     sampling.validate_sampling(temperature, top_k, top_p)
     mode = sampling.SamplingMode.from_params(temperature, top_k, top_p)
     prompt_ids = _validate_prompts(prompts, model.config.vocab_size)
+    key_ids = _validate_key_ids(key_ids, len(prompt_ids))
     if stop_token_ids is None:
         stop_token_ids = default_stop_token_ids(model)
     stop_ids = _padded_stop_ids(stop_token_ids)
@@ -395,14 +399,25 @@ def generate(
     results: list[list[Generation | None]] = [[None] * num_samples for _ in prompt_ids]
     with _progress_bar(len(plan.batches), progress) as bar:
         for batch in plan.batches:
-            outputs = _run_batch(graphdef, state, batch, plan, prompt_ids, placement, scalars,
+            outputs = _run_batch(graphdef, state, batch, plan, prompt_ids, key_ids, placement, scalars,
                                  cache_dtype=cache_dtype, mode=mode, early_stop=early_stop)
             _collect(outputs, num_samples, include_stop, results)
             bar.update(1)
     return results  # type: ignore[return-value]
 
 
-def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, placement, scalars, *,
+def _validate_key_ids(key_ids, num_prompts: int) -> np.ndarray:
+    if key_ids is None:
+        return np.arange(num_prompts, dtype=np.int32)
+    ids = np.asarray(key_ids)
+    if ids.shape != (num_prompts,) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"key_ids: expected one integer per prompt ({num_prompts}), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
+        raise ValueError(f"key_ids must be in [0, 2**31), got range [{ids.min()}, {ids.max()}]")
+    return ids.astype(np.int32)
+
+
+def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, placement, scalars, *,
                cache_dtype, mode, early_stop) -> dict[str, np.ndarray]:
     rows, length, per_row = batch.batch_size, batch.prompt_length, plan.samples_per_row
     prompt_bt = np.zeros((rows, length), np.int32)
@@ -423,9 +438,11 @@ def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, placement,
         prompt_index_b[r * per_row:(r + 1) * per_row] = unit.prompt_index
         sample_index_b[r * per_row:(r + 1) * per_row] = unit.first_sample + np.arange(per_row)
     active_b = (prompt_index_b >= 0) & (sample_index_b < plan.num_samples)
+    # The sampling keys read the key id where the row has a prompt (padding rows keep -1).
+    key_index_b = np.where(prompt_index_b >= 0, key_ids[np.maximum(prompt_index_b, 0)], -1).astype(np.int32)
     outputs, _ = _decode_program(decode_rows)(
         graphdef, state, cache, logits_bv, next_position_b,
-        placement.batch(active_b), placement.batch(prompt_index_b),
+        placement.batch(active_b), placement.batch(key_index_b),
         placement.batch(sample_index_b), **scalars,
         buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop,
     )

@@ -153,6 +153,22 @@ def test_sampling_is_reproducible_and_independent_of_batching(gqa2):
     assert all(len(samples) == 3 for samples in more)
 
 
+def test_key_ids_make_a_sample_independent_of_its_batch_mates(gqa2):
+    _, model = gqa2
+    kw = dict(max_new_tokens=NEW, temperature=1.0, stop_token_ids=(), seed=0)
+    tokens = lambda out: [s[0].token_list for s in out]  # noqa: E731
+    together = tokens(generate(model, PROMPTS, key_ids=[11, 12, 13, 14], **kw))
+    # Prompt 2 alone, or first in another batch, with its key id: the same sample.
+    assert tokens(generate(model, [PROMPTS[2]], key_ids=[13], **kw)) == [together[2]]
+    assert tokens(generate(model, [PROMPTS[2], PROMPTS[0]], key_ids=[13, 99], **kw))[0] == together[2]
+    # Without key ids the key follows the prompt's index, so moving it changes the sample.
+    assert tokens(generate(model, [PROMPTS[2]], **kw)) != [together[2]]
+    with pytest.raises(ValueError, match="key_ids"):
+        generate(model, PROMPTS, key_ids=[1, 2], **kw)
+    with pytest.raises(ValueError, match=r"key_ids must be in \[0, 2\*\*31\)"):
+        generate(model, PROMPTS[:1], key_ids=[-3], **kw)
+
+
 def test_low_temperature_equals_greedy(gqa2):
     _, model = gqa2
     greedy = generate(model, PROMPTS, max_new_tokens=NEW, stop_token_ids=())

@@ -1,0 +1,238 @@
+"""Dynamic batching of requests through the cascade, in one worker thread.
+
+The worker takes the queued requests — after the first one arrives it waits up to
+``batch_window_ms`` for more, and takes at most ``max_batch_size`` — and runs them through the
+cascade as the offline engine does: agent 1 on the whole batch, then every next agent on the
+rows the one before refused, as one batch. Meanwhile new requests queue for the next batch.
+
+Stage boundaries are where a request can leave early: one whose client went away or whose
+deadline passed is dropped there (its row is not run again). An exception in a stage fails the
+requests of that stage's batch only; the worker goes on with the next batch.
+
+Bounded: at most ``max_queue`` requests are admitted and unfinished at once; ``submit`` beyond
+that raises :class:`QueueFull` (the server answers 429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from disrouter_jax.cascade.serving.stage import StageReply, StageRow
+
+logger = logging.getLogger(__name__)
+
+QUEUED, DONE, FAILED, CANCELLED = "queued", "done", "failed", "cancelled"
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Stopped(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Job:
+    """One request on its way through the cascade.
+
+    ``prompts[k]``: its prompt for agent ``k``; ``visits``: ``(agent index, reply)`` in order.
+    ``status`` ends as DONE, FAILED (``error`` says why) or CANCELLED (``error``: the reason).
+    """
+
+    prompts: Sequence[Sequence[int]]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    key_id: int = 0
+    deadline: float = float("inf")  # time.monotonic()
+    visits: list[tuple[int, StageReply]] = dataclasses.field(default_factory=list)
+    status: str = QUEUED
+    error: str = ""
+    _callbacks: list[Callable[["Job"], None]] = dataclasses.field(default_factory=list)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _cancel_reason: str = ""
+
+    def row(self, stage: int) -> StageRow:
+        return StageRow(tuple(self.prompts[stage]), self.max_new_tokens, self.temperature, self.top_p, self.key_id)
+
+    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+        with self._lock:
+            if self.status == QUEUED:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def cancel(self, reason: str) -> None:
+        """Asks the worker to drop this job at its next stage boundary (a job still queued is
+        dropped at once by :meth:`Batcher.cancel`)."""
+        self._cancel_reason = self._cancel_reason or reason
+
+    def should_stop(self, now: float) -> str:
+        if self._cancel_reason:
+            return self._cancel_reason
+        return "deadline" if now >= self.deadline else ""
+
+    def finish(self, status: str, error: str = "") -> bool:
+        """Sets the final status once (later calls are ignored); runs the callbacks."""
+        with self._lock:
+            if self.status != QUEUED:
+                return False
+            self.status, self.error = status, error
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.status != QUEUED
+
+
+class Batcher:
+    """The worker (module doc). ``stages``: objects with ``name`` and ``run(rows) -> replies``
+    (``stage.AgentStage``); ``observer``: metric hooks (``metrics.ServerMetrics`` or None)."""
+
+    def __init__(self, stages: Sequence, *, max_batch_size: int, batch_window_ms: float, max_queue: int,
+                 stage_delay_s: float = 0.0, observer=None):
+        self.stages = list(stages)
+        self.max_batch_size = max_batch_size
+        self.window_s = batch_window_ms / 1000.0
+        self.max_queue = max_queue
+        self.stage_delay_s = stage_delay_s
+        self.observer = observer
+        self._queue: collections.deque[Job] = collections.deque()
+        self._admitted = 0  # admitted and unfinished
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ client side
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if not self._accepting:
+                raise Stopped("the server is shutting down")
+            if self._admitted >= self.max_queue:
+                raise QueueFull(f"{self._admitted} requests in flight (max_queue={self.max_queue})")
+            self._admitted += 1
+            self._queue.append(job)
+            self._cond.notify_all()
+        job.add_done_callback(self._release)
+        self._observe("queue_depth", len(self._queue))
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """Drops ``job``: at once if still queued (its slot is freed), else at its next stage."""
+        job.cancel(reason)
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # in a stage: the worker drops it at the boundary
+        self._finish_cancelled(job, reason)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._admitted
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="cascade-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuses new requests, finishes the admitted ones, then ends the worker."""
+        with self._cond:
+            self._accepting = False
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ worker side
+
+    def _release(self, job: Job) -> None:
+        with self._cond:
+            self._admitted -= 1
+
+    def _observe(self, name: str, *args) -> None:
+        if self.observer is not None:
+            getattr(self.observer, name)(*args)
+
+    def _finish_cancelled(self, job: Job, reason: str) -> None:
+        if job.finish(CANCELLED, reason):
+            self._observe("cancelled", reason)
+
+    def _gather(self) -> list[Job] | None:
+        """The next batch; None once stopped with nothing left."""
+        with self._cond:
+            while not self._queue:
+                if self._stop:
+                    return None
+                self._cond.wait(0.5)
+            if self.window_s > 0:
+                until = time.monotonic() + self.window_s
+                while len(self._queue) < self.max_batch_size and not self._stop:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+        self._observe("queue_depth", len(self._queue))
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            try:
+                self.run_batch(batch)
+            except Exception:  # a bug of the batcher itself: fail the batch, keep serving
+                logger.exception("batch failed")
+                for job in batch:
+                    job.finish(FAILED, "internal error")
+
+    def run_batch(self, pending: list[Job]) -> None:
+        last = len(self.stages) - 1
+        for k, stage in enumerate(self.stages):
+            now = time.monotonic()
+            alive = []
+            for job in pending:
+                reason = job.should_stop(now)
+                if reason:
+                    self._finish_cancelled(job, reason)
+                else:
+                    alive.append(job)
+            if not alive:
+                return
+            if self.stage_delay_s:
+                time.sleep(self.stage_delay_s)
+            started = time.perf_counter()
+            try:
+                replies = stage.run([job.row(k) for job in alive])
+            except Exception as err:
+                logger.exception("agent %s failed on a batch of %d requests", stage.name, len(alive))
+                self._observe("stage_failed", stage.name)
+                for job in alive:
+                    job.finish(FAILED, f"agent {stage.name!r} failed: {type(err).__name__}: {err}")
+                return
+            self._observe("stage_batch", stage.name, len(alive), time.perf_counter() - started)
+            pending = []
+            for job, reply in zip(alive, replies):
+                job.visits.append((k, reply))
+                refused = reply.refused and k < last
+                self._observe("decision", stage.name, reply.refused)
+                if refused:
+                    pending.append(job)
+                else:
+                    job.finish(DONE)

@@ -1,0 +1,160 @@
+"""One agent's stage of the served cascade: a batch of rows in, one reply per row out.
+
+A stage generates exactly as the offline engine's ``engine.agent_replies`` does — the same
+prompts (the agent's own chat template; the scenario instruction as the system message, the last
+agent on the plain prompt), stop tokens, early refusal predicate and bucketed ``generate`` — so a
+greedy row's reply is the offline reply whatever rows share its batch.
+
+Rows differ in sampling parameters. Rows with the same (temperature, top_p) run as one
+``generate`` call (greedy rows all together); ``max_tokens`` only differs by how far a row may
+run, so a call runs to the largest budget of its rows and each row is cut at its own (the tokens
+of the first ``n`` steps do not depend on the budget, so this equals running it alone with
+``max_new_tokens=n``). A sampled row's randomness comes from its own key id (the request's seed),
+never from its position in the batch (``generate(key_ids=...)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from disrouter_jax.agents import Agent
+from disrouter_jax.cascade.engine import refusal_early_stop, refusal_token_ids
+from disrouter_jax.generation import BucketConfig, chat_prompt_ids, generate
+from disrouter_jax.tasks.checkers import is_refusal
+from disrouter_jax.tasks.prompts import scenario_instruction
+
+REPLACEMENT_CHAR = "\ufffd"  # a decoded prefix that ends inside a multi-byte character
+
+
+def stage_messages(messages: Sequence[Mapping[str, str]], alpha: float | None) -> list[dict[str, str]]:
+    """The conversation an agent sees: under α the scenario instruction is the system message (as
+    ``prompts.build_messages`` writes it), followed by the client's own system text if any;
+    ``alpha=None`` (the last agent): the client's messages as they are."""
+    messages = [dict(m) for m in messages]
+    if alpha is None:
+        return messages
+    system = scenario_instruction(alpha)
+    if messages and messages[0]["role"] == "system":
+        system = f"{system}\n\n{messages[0]['content']}"
+        messages = messages[1:]
+    return [{"role": "system", "content": system}] + messages
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRow:
+    """One request at one stage: its prompt for this agent and its sampling parameters."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    key_id: int = 0
+
+    @property
+    def sampling_group(self) -> tuple:
+        return ("greedy",) if self.temperature == 0.0 else ("sample", self.temperature, self.top_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageReply:
+    """What the agent said: its tokens (stop token excluded), text, decision and finish reason."""
+
+    tokens: tuple[int, ...]
+    text: str
+    refused: bool
+    finish_reason: str  # "stop" | "length" | "early_stop" (generation.FINISH_REASONS)
+
+    @property
+    def num_generated(self) -> int:
+        """Decode steps paid, the stop token included (``engine.Reply.num_tokens``)."""
+        return len(self.tokens) + (self.finish_reason == "stop")
+
+
+class AgentStage:
+    """An agent as a cascade stage (``last``: it gets the plain prompt and always answers)."""
+
+    def __init__(self, agent: Agent, *, last: bool, max_batch_size: int, buckets: BucketConfig = BucketConfig(),
+                 early_refusal: bool = True):
+        self.agent = agent
+        self.last = last
+        self.max_batch_size = max_batch_size
+        self.buckets = buckets
+        ids = refusal_token_ids(agent)
+        self.early_stop = refusal_early_stop(ids) if early_refusal and ids else None
+        tokenizer = agent.tokenizer
+        # Agents whose tokenizers agree (a pool of one family shares one) render a request once.
+        self.tokenizer_key = hash((type(tokenizer).__name__, getattr(tokenizer, "chat_template", None),
+                                   tuple(sorted(tokenizer.get_vocab().items()))))
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    @property
+    def cost(self) -> float:
+        return self.agent.cost
+
+    @property
+    def context_length(self) -> int:
+        return int(self.agent.model.config.max_position_embeddings)
+
+    def prompt_key(self, alpha: float) -> tuple:
+        """Equal for two stages exactly when their prompts for a request are equal."""
+        return (self.tokenizer_key, None if self.last else alpha)
+
+    def prompt_ids(self, messages: Sequence[Mapping[str, str]], alpha: float) -> list[int]:
+        return chat_prompt_ids(self.agent.tokenizer, stage_messages(messages, None if self.last else alpha))
+
+    def run(self, rows: Sequence[StageRow]) -> list[StageReply]:
+        replies: list[StageReply | None] = [None] * len(rows)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.sampling_group, []).append(i)
+        for indices in groups.values():
+            first = rows[indices[0]]
+            generations = generate(
+                self.agent.model, [rows[i].prompt_ids for i in indices],
+                max_new_tokens=max(rows[i].max_new_tokens for i in indices),
+                temperature=first.temperature, top_p=first.top_p, num_samples=1,
+                stop_token_ids=self.agent.stop_token_ids, mesh=self.agent.mesh, max_batch_size=self.max_batch_size,
+                buckets=self.buckets, early_stop=self.early_stop, progress=False,
+                key_ids=[rows[i].key_id for i in indices],
+            )
+            for i, (generation,) in zip(indices, generations):
+                replies[i] = self._reply(generation.tokens, generation.finish_reason, rows[i].max_new_tokens)
+        return replies  # type: ignore[return-value]
+
+    def _reply(self, tokens: np.ndarray, finish_reason: str, budget: int) -> StageReply:
+        paid = len(tokens) + (finish_reason == "stop")
+        if paid > budget:  # ran past this row's own budget in a call with a larger one
+            tokens, finish_reason = tokens[:budget], "length"
+        text = self.agent.decode(tokens)
+        return StageReply(tuple(int(t) for t in tokens), text, is_refusal(text), finish_reason)
+
+    def text_deltas(self, tokens: Sequence[int], content: str) -> list[str]:
+        """``content`` (the reply, perhaps cut at a stop string) as one piece per token, for
+        streaming: each piece is what that token adds to the decoded text. A token that ends
+        inside a multi-byte character adds nothing until the character is complete; the pieces
+        always join to exactly ``content``."""
+        pieces, sent = [], 0
+        for end in range(1, len(tokens) + 1):
+            text = self.agent.decode(tokens[:end])
+            if text.endswith(REPLACEMENT_CHAR) or not content.startswith(text[:len(content)]):
+                continue
+            upto = min(len(text), len(content))
+            if upto > sent:
+                pieces.append(content[sent:upto])
+                sent = upto
+        if sent < len(content):
+            pieces.append(content[sent:])
+        return pieces
+
+    def warm(self, batch_sizes: Sequence[int], prompt_ids: Sequence[int], max_new_tokens: int) -> None:
+        """Compiles the greedy prefill and decode programs of each batch bucket for prompts of
+        ``prompt_ids``'s length bucket (other buckets compile on first use)."""
+        for size in batch_sizes:
+            row = StageRow(tuple(prompt_ids), max_new_tokens)
+            self.run([row] * size)
