@@ -64,6 +64,13 @@ def get_config(config_string=None):
     e.feature_agent = ""  # whose base (untrained) model embeds queries for the classifier; "" = the first
     e.feature_batch_size = 32
 
+    # The RL ablation: the same cascade with every trained agent as SFT left it ("disrouter_sft").
+    e.sft_ablation = True
+    # Sub-pools reported beside the full pool after the evaluation (each replayed from its tables,
+    # no retraining, as in replay mode): the paper's 1.5B / 3B / 14B, here agents 2, 3 and 5.
+    e.subpools = (("toy-s", "toy-m", "toy-xl"),) if toy else (
+        ("Qwen2.5-1.5B-Instruct", "Qwen2.5-3B-Instruct", "Qwen2.5-14B-Instruct"),)
+
     # Replay mode: a sub-pool (agent names in cascade order) re-scored from this workdir's tables
     # without running any model; costs "renormalize" (0.1 ... 0.9 over the sub-pool) or "pool".
     e.replay_pool = ()

@@ -340,9 +340,18 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         same = sum(methods.route_signature(r) == methods.route_signature(by_key[r.key]) for r in live)
         agreement[engine.mode_key(alpha)] = same / len(live)
 
+    records = list(cascade_records)
+    if e.sft_ablation:
+        if multi_process:
+            logger.warning("eval.sft_ablation runs on one process only: skipped")
+        else:
+            started = time.perf_counter()
+            records += sft_only_records(config, workdir, base_specs, queries, replies, pool, costs, engine_cfg, mesh)
+            timings["sft_ablation_s"] = time.perf_counter() - started
+
     # Baselines and central routers, on the same evaluation queries.
     baseline_rows = plain_rows if e.baseline_replies == "plain" else outcomes
-    records = cascade_records + methods.baseline_records(e.baselines, baseline_rows, pool, costs, cascade_records, e.seed)
+    records += methods.baseline_records(e.baselines, baseline_rows, pool, costs, cascade_records, e.seed)
     router_info = {}
     if e.routers:
         if not fit_queries:
@@ -367,7 +376,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         records = sync_routing_log(routing_path, records)
 
     meta = {
-        "setup": config.setup, "alphas": list(alphas), "num_queries": len(queries),
+        "setup": config.setup, "seed": config.seed, "alphas": list(alphas), "num_queries": len(queries),
         "num_router_fit_queries": len(fit_queries), "cost_mode": e.cost_mode,
         "disrouter_source": "live cascade engine" if e.run_cascade else "replay of outcomes.jsonl",
         "replay_agreement": agreement, "engine": engine_stats, "routers": router_info,
@@ -385,6 +394,32 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         report.write_plots(workdir, built)
         (workdir / "eval" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     return built
+
+
+def sft_only_records(config, workdir: Path, base_specs: Sequence[AgentSpec], queries, replies, pool, costs,
+                     engine_cfg, mesh) -> list[log.RoutingRecord]:
+    """The ablation "SFT only": the same cascade with every trained agent as it was after SFT
+    (before RL), replayed from its greedy replies (cached in eval/sft_replies); the last agent's
+    plain replies are the evaluated pool's. Empty, with a warning, when an agent has no SFT export."""
+    e = config.eval
+    trained = pool[:-1]
+    exports = {s.name: pipeline.stage_export_dir(s, workdir, "sft") for s in base_specs if s.name in trained}
+    missing = [name for name, path in exports.items() if path is None]
+    if missing:
+        logger.warning("eval.sft_ablation: no SFT export for %s: ablation skipped", missing)
+        return []
+    sft_agents = [load_agent(dataclasses.replace(s, path=str(exports[s.name]), devices=None, mesh=None),
+                             dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh)
+                  for s in base_specs if s.name in trained]
+    store = ReplyStore(workdir / "eval" / "sft_replies")
+    alphas = tuple(float(a) for a in e.alphas)
+    scenario = {engine.mode_key(a): {agent.name: store.replies(agent, queries, a, engine_cfg) for agent in sft_agents}
+                for a in alphas}
+    rows = []
+    for alpha in alphas:
+        by_agent = dict(scenario[engine.mode_key(alpha)])
+        rows += engine.outcome_rows(queries, alpha, pool, by_agent, replies[engine.PLAIN])
+    return replay.replay_cascade(rows, pool, costs, cost_mode=e.cost_mode, method=report.SFT_ONLY)
 
 
 def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
@@ -486,6 +521,15 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
         out_dir = workdir
     if distributed.is_coordinator():
         print(report.format_summary_table(built))
+        print("\n" + report.format_share_table(built))
+        if not config.eval.replay_pool:
+            for subpool in config.eval.subpools:
+                if not set(subpool) <= set(built["agents"]):
+                    logger.warning("config.eval.subpools: %s is not a sub-pool of %s: skipped", subpool, built["agents"])
+                    continue
+                sub = run_replay(config, workdir, subpool)
+                print(f"\nsub-pool {' + '.join(subpool)} (same agents, no retraining; replayed):")
+                print(report.format_summary_table(sub, groups=(log.IN_DOMAIN,)))
         print(f"\nreport: {out_dir / report.REPORT_FILE}\nrouting log: {out_dir / report.ROUTING_LOG_FILE}\n"
               f"plots: {', '.join(str(out_dir / name) for name in report.PLOT_FILES)}")
     return built

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-from flax import nnx
 
 from disrouter_jax import agents as agents_lib
 from disrouter_jax import sharding as sharding_lib
@@ -41,7 +40,7 @@ from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.rl import RLConfig, make_rl_step
 from disrouter_jax.training.rl_stage import RolloutConfig, rl_batch_fn
 from disrouter_jax.training.sft import make_sft_step
-from disrouter_jax.training.sft_stage import EMBEDDING_PARAM, build_sft_data, sft_batch_fn, stage_optimizer, trainable_rows
+from disrouter_jax.training.sft_stage import build_sft_data, sft_batch_fn
 from disrouter_jax.training.state import create_train_state
 
 logger = logging.getLogger(__name__)
@@ -159,24 +158,14 @@ def _loop_cfg(config, total_steps: int) -> loop_lib.LoopConfig:
     )
 
 
-def _train_state(config, agent: Agent, optim: OptimConfig, trainable: str, examples: list[Example]):
-    """What a stage trains: every weight (``trainable="all"``) or only some embedding rows
-    (``"refusal_rows"`` / ``"new_tokens"``, see ``training/sft_stage.py``); with
-    ``lora.enabled``, LoRA adapters on ``lora.targets`` as well (instead of the full weights)."""
-    rows = trainable_rows(trainable, agent, examples, tuple(config.alphas))
-    # Differentiate only what is trained: with rows, the embedding (masked to them) and adapters.
-    embedding = nnx.All(nnx.Param, nnx.PathContains(EMBEDDING_PARAM))
-    model = agent.model
-    if config.lora.enabled:
-        model = apply_lora(model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                                             targets=tuple(config.lora.targets)))
-        wrt = LoRAParam if rows is None else nnx.Any(LoRAParam, embedding)
-    else:
-        wrt = nnx.Param if rows is None else embedding
-    if rows is not None:
-        logger.info("%s: training %d embedding rows (%s)%s", agent.name, len(rows), trainable,
-                    " and LoRA adapters" if config.lora.enabled else " only")
-    return create_train_state(model, stage_optimizer(optim, rows, agent, with_lora=config.lora.enabled), wrt=wrt)
+def _train_state(config, agent: Agent, optim: OptimConfig):
+    """What a stage trains: every weight, or with ``lora.enabled`` LoRA adapters on
+    ``lora.targets`` (merged on export)."""
+    if not config.lora.enabled:
+        return create_train_state(agent.model, optim)
+    model = apply_lora(agent.model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                                               targets=tuple(config.lora.targets)))
+    return create_train_state(model, optim, wrt=LoRAParam)
 
 
 def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
@@ -225,12 +214,12 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             data = build_sft_data(
                 agent, records, alphas=tuple(config.alphas), num_examples=config.sft.num_examples,
                 balance=config.sft.balance, max_len=max(config.sft.length_buckets), seed=config.seed,
-                refusal_weight_gamma=config.sft.get("refusal_weight_gamma", 0.0),
+                replay_fraction=config.sft.replay_fraction,
             )
-            logger.info("%s: %d SFT examples, %.0f%% answer targets", spec.name, len(data.examples),
-                        100 * data.accept_fraction)
+            logger.info("%s: %d SFT examples (%d replayed plain answers), %.0f%% answer targets", spec.name,
+                        len(data.examples), data.num_replay, 100 * data.accept_fraction)
             optim = _optim(config.sft, config.sft.steps)
-            state = _train_state(config, agent, optim, config.sft.trainable, examples)
+            state = _train_state(config, agent, optim)
             make_batch = sft_batch_fn(data, batch_size=config.sft.batch_size,
                                       length_buckets=tuple(config.sft.length_buckets),
                                       pad_id=_pad_id(agent), seed=config.seed)
@@ -254,7 +243,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
                 length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
             )
             optim = _optim(config.rl, config.rl.steps)
-            state = _train_state(config, agent, optim, config.rl.trainable, examples)
+            state = _train_state(config, agent, optim)
             make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
                                      reference_model=reference)
             step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef))
@@ -276,7 +265,9 @@ ASSESSED_STAGES = ("base", "sft", "rl")
 ASSESSMENT_TABLE_FILE = "assessment.txt"
 
 
-def _stage_model_dir(spec: AgentSpec, workdir: str | Path, stage: str) -> Path | None:
+def stage_export_dir(spec: AgentSpec, workdir: str | Path, stage: str) -> Path | None:
+    """The agent as a stage left it ("base": the pre-trained agent; "sft", "rl": that stage's
+    export), or None when the stage has not run."""
     if stage == "base":
         return Path(spec.path)
     export = Path(workdir) / "agents" / spec.name / stage / "export"
@@ -307,7 +298,7 @@ def assess_stages(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> di
     results = {}
     reference = None
     for stage in config.assess.stages:
-        model_dir = _stage_model_dir(spec, workdir, stage)
+        model_dir = stage_export_dir(spec, workdir, stage)
         if model_dir is None:
             continue
         loader = lambda d=model_dir: agents_lib.load_agent(  # noqa: E731

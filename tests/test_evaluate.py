@@ -176,9 +176,12 @@ def test_command_line_prints_the_summary(evaluated, setup, tmp_path, capsys, mon
         flag_values(argv)
         return flag_values
 
-    assert evaluate.run_cli(parse()) == built
+    assert evaluate.run_cli(parse("--config.eval.subpools=(('agent0', 'agent2'),)")) == built
     out = capsys.readouterr().out
     assert "[all] alpha = 0.5" in out and "disrouter" in out and "oracle" in out
+    assert "share of answered queries per agent" in out
+    # The configured sub-pool is replayed and printed after the full pool.
+    assert "sub-pool agent0 + agent2" in out and (workdir / "replay" / "agent0+agent2" / report.REPORT_FILE).is_file()
     assert str(workdir / report.REPORT_FILE) in out
     # Replay mode from the command line: a sub-pool given as a tuple literal.
     replayed = evaluate.run_cli(parse("--config.eval.replay_pool=('agent1', 'agent2')"))
@@ -247,3 +250,44 @@ def test_baselines_and_forced_answers_come_from_the_pool_before_training(setup, 
             refused_where_forced_answers_differ += level != 3 and gold != sa.ANSWERS[0]
     assert refused_where_forced_answers_differ > 0
     assert built["meta"]["baseline_agents"] == "base"
+
+
+def test_sft_ablation_runs_the_cascade_with_the_agents_as_sft_left_them(setup, tmp_path):
+    """"disrouter_sft" routes with each non-last agent's SFT export (here: agent0's export behaves
+    like scripted level 1), scored beside the cascade of the evaluated agents."""
+    import shutil
+
+    pool_paths, data_dir = setup
+    config = scripted_config(pool_paths, data_dir)
+    config.eval.routers = ()
+    for name, source in (("agent0", pool_paths[1]), ("agent1", pool_paths[1])):
+        shutil.copytree(source, tmp_path / "agents" / name / "sft" / "export")
+    built = evaluate.run_evaluation(config, tmp_path)
+    assert report.SFT_ONLY in built["methods"]
+    assert "vs_disrouter" in built["results"]["0.5"]["all"][report.SFT_ONLY]
+    records = log.read_routing_log(tmp_path / report.ROUTING_LOG_FILE)
+    levels = {(sa.TASK_NAME, f"q{i}"): lv for i, (lv, _) in enumerate(EVAL)}
+    levels |= {(sa.OOD_TASK_NAME, f"q{i}"): lv for i, (lv, _) in enumerate(OOD)}
+    by_method = {m: [r for r in records if r.method == m] for m in ("disrouter", report.SFT_ONLY)}
+    assert len(by_method[report.SFT_ONLY]) == len(by_method["disrouter"]) == 3 * len(levels)
+    for method, ladder in (("disrouter", (0, 1, 2)), (report.SFT_ONLY, (1, 1, 2))):
+        for record in by_method[method]:
+            assert [v.decision for v in record.visited] == sa.expected_route(
+                levels[(record.dataset, record.query_id)], ladder), method
+    assert (tmp_path / "eval" / "sft_replies").is_dir()
+    # An agent without an SFT export: the ablation is skipped, the evaluation is not.
+    shutil.rmtree(tmp_path / "agents" / "agent1")
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "agents", other / "agents")
+    assert report.SFT_ONLY not in evaluate.run_evaluation(config, other)["methods"]
+
+
+def test_share_table_lists_every_agent_per_alpha(evaluated):
+    _, _, built = evaluated
+    lines = report.format_share_table(built).splitlines()
+    assert lines[1].split() == ["alpha", "agent0", "agent1", "agent2"]
+    for key, line in zip(built["alphas"], lines[2:]):
+        cells = line.split()
+        shares = built["results"][key]["in_domain"]["disrouter"]["final_share"]
+        assert cells[0] == key and [float(c) for c in cells[1:]] == pytest.approx(
+            [shares[a] for a in ("agent0", "agent1", "agent2")], abs=5e-4)

@@ -31,8 +31,10 @@ ROUTING_LOG_FILE = "routing_log.jsonl"
 OUTCOMES_FILE = "outcomes.jsonl"
 PLOT_FILES = ("utility_vs_alpha.png", "accuracy_vs_cost.png", "agent_share.png")
 
+# DiSRouter with its agents as SFT left them (before RL): the ablation of the RL stage.
+SFT_ONLY = "disrouter_sft"
 # Router method names live in routers.py (which imports JAX); repeated here to keep report light.
-METHOD_ORDER = (DISROUTER, "classifier_router", "frugalgpt", baselines.SMALLEST, baselines.LARGEST,
+METHOD_ORDER = (DISROUTER, SFT_ONLY, "classifier_router", "frugalgpt", baselines.SMALLEST, baselines.LARGEST,
                 baselines.RANDOM_UNIFORM, baselines.RANDOM_COST_MATCHED, baselines.ORACLE)
 MAIN_GROUPS = (ALL, IN_DOMAIN, OUT_OF_DOMAIN)
 
@@ -261,3 +263,17 @@ def format_summary_table(report: Mapping, groups: Optional[Sequence[str]] = None
                              f"{_cell(f['pct_oracle_utility'], 1):>7}  {_difference(f.get('vs_disrouter')):>29}  "
                              f"{f['forced_refusals']:>6}  {f['n']:>5}")
     return "\n".join(lines).lstrip("\n")
+
+
+def format_share_table(report: Mapping, group: str = IN_DOMAIN, method: str = DISROUTER) -> str:
+    """Share of ``group``'s queries each agent finally answered under ``method``, one row per α."""
+    keys = [k for k in report["alphas"] if method in report["results"][k].get(group, {})]
+    if not keys:
+        return ""
+    width = max(len(a) for a in report["agents"]) + 2
+    lines = [f"{method}: share of answered queries per agent [{group}]",
+             f"{'alpha':<7}" + "".join(f"{a:>{width}}" for a in report["agents"])]
+    for key in keys:
+        share = report["results"][key][group][method]["final_share"]
+        lines.append(f"{key:<7}" + "".join(f"{share[a]:>{width}.3f}" for a in report["agents"]))
+    return "\n".join(lines)

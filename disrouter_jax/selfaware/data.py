@@ -212,17 +212,6 @@ def should_answer(p_correct: float, alpha: float) -> bool:
     return p_correct >= sft_delta(alpha) - DELTA_TOLERANCE
 
 
-def sft_refusal_weight(alpha: float, gamma: float) -> float:
-    """Loss weight of a refusal target in scenario ``alpha`` (answer targets weigh 1):
-    ``(1 - alpha) ** gamma``, the scenario reward of refusing for ``gamma`` = the RL γ. The
-    weighted cross-entropy's optimum refuses iff P(refusal target | x, α) · w > P(answer target),
-    so a cheaper scenario (larger α) needs more evidence to refuse. ``gamma=0``: weight 1."""
-    _check_alpha(alpha, "alpha")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
-    return 1.0 if gamma == 0 else float((1.0 - alpha) ** gamma)
-
-
 def _check_alpha(alpha: Any, name: str) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {alpha!r}")

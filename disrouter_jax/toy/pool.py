@@ -7,7 +7,8 @@
                                 cost, params, held-out accuracy per family, build seconds), the
                                 world config and the config hash
       tokenizer/                the world's tokenizer (also copied into every agent)
-      tasks/toy_knowledge/{train,test}.jsonl, tasks/toy_skill/...   the registered toy tasks' files
+      tasks/toy_knowledge/{train,test}.jsonl, tasks/toy_skill/..., tasks/toy_ood/test.jsonl
+                                the registered toy tasks' files
       agents/<name>/            a normal Hugging Face model directory: config.json,
                                 model.safetensors, generation_config.json, tokenizer files, and
                                 toy_agent.json (written last: the agent's completion record)
@@ -44,8 +45,7 @@ from disrouter_jax.models import qwen2
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.pool_config import (
     FORMAT_VERSION, AgentSpec, PoolConfig, default_costs, stable_hash)
-from disrouter_jax.toy.pretrain import (
-    TokenCache, batch_stream, plain_messages, pretrain_agent, pretraining_examples, score_agent, special_ids)
+from disrouter_jax.toy.pretrain import PromptIds, plain_messages, pretrain_agent, score_agent, special_ids
 from disrouter_jax.toy.tokenizer import build_tokenizer, load_tokenizer
 from disrouter_jax.toy.world import FAMILIES, HELDOUT, ToyWorld
 
@@ -62,8 +62,7 @@ SCENARIO_PROBE_ALPHA = 0.5
 
 __all__ = [
     "AGENT_RECORD_FILE", "POOL_FILE", "AgentSpec", "Pool", "PoolAgent", "PoolConfig", "PoolError",
-    "batch_stream", "build_pool", "default_costs", "load_pool", "plain_messages", "pretrain_agent",
-    "pretraining_examples", "score_agent",
+    "build_pool", "default_costs", "load_pool", "plain_messages", "pretrain_agent", "score_agent",
 ]
 
 
@@ -210,11 +209,11 @@ def _write_generation_config(agent_dir: Path, tokenizer) -> None:
 
 
 def _build_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, tokenizer_dir: Path, out_dir: Path,
-                 *, progress: bool, cache: TokenCache) -> dict[str, Any]:
+                 *, progress: bool, prompt_ids: PromptIds) -> dict[str, Any]:
     spec = config.agents[level]
     agents_dir = out_dir / AGENTS_DIR
     started = time.perf_counter()
-    model, report = pretrain_agent(config, level, world, tokenizer, progress=progress, cache=cache)
+    model, report = pretrain_agent(config, level, world, tokenizer, progress=progress, prompt_ids=prompt_ids)
     tmp = _fresh_tmp_dir(agents_dir, spec.name)
     qwen2.save_pretrained(model, tmp, overwrite=True)
     for path in _tokenizer_files(tokenizer_dir):
@@ -236,8 +235,7 @@ def _build_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, tok
         "heldout_correct_scenario": {f: len(ids) for f, ids in correct_scenario.items()},
         "scenario_probe_alpha": SCENARIO_PROBE_ALPHA,
         "train_steps": report.steps,
-        "fact_recall": report.fact_recall,
-        "fact_recall_scenario": report.fact_recall_scenario,
+        "competence": report.competence,
         "final_train_loss": report.final_loss,
         "train_loss_curve": [list(point) for point in report.loss_curve],
         "build_seconds": round(time.perf_counter() - started, 2),
@@ -306,7 +304,7 @@ def _build_agent_in_process(config_dict: dict[str, Any], level: int, tokenizer_d
     config = PoolConfig.from_dict(config_dict)
     tokenizer = load_tokenizer(tokenizer_dir)
     return _build_agent(config, level, ToyWorld(config.world), tokenizer, Path(tokenizer_dir), Path(out_dir),
-                        progress=False, cache=TokenCache(tokenizer))
+                        progress=False, prompt_ids=PromptIds(tokenizer))
 
 
 def _build_agents(config: PoolConfig, levels: list[int], world: ToyWorld, tokenizer, tokenizer_dir: Path,
@@ -315,9 +313,9 @@ def _build_agents(config: PoolConfig, levels: list[int], world: ToyWorld, tokeni
     for level in levels:
         logger.info("agent %s: building (level %d of %d)", config.agents[level].name, level, len(config.agents))
     if workers <= 1 or len(levels) <= 1:
-        cache = TokenCache(tokenizer)
+        prompt_ids = PromptIds(tokenizer)
         return {level: _build_agent(config, level, world, tokenizer, tokenizer_dir, out_dir, progress=progress,
-                                    cache=cache) for level in levels}
+                                    prompt_ids=prompt_ids) for level in levels}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

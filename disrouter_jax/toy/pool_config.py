@@ -1,6 +1,6 @@
 """Configuration of a toy agent pool: the world, the agent ladder, pre-training knobs, costs.
 
-`PoolConfig()` is the default 5-agent pool, `PoolConfig.reduced()` a 4-agent one for unit tests.
+`PoolConfig()` is the default 5-agent pool, `PoolConfig.reduced()` a 3-agent one for unit tests.
 Hashes of the config (`fingerprint`, `agent_fingerprint`) decide what a rebuild may reuse.
 """
 
@@ -19,7 +19,7 @@ from disrouter_jax.toy.world import WorldConfig
 
 # Bump when the build procedure changes in a way that changes the agents: old pools then stop
 # matching (and are only replaced with overwrite=True).
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,41 +75,29 @@ def default_costs(num_agents: int) -> tuple[float, ...]:
     return tuple(round(float(c), 6) for c in np.linspace(0.1, 0.9, num_agents))
 
 
-# Default ladder: widths and depths grow together. Sized so the whole build takes a few
-# CPU-minutes. Pre-training is dominated by memorising facts: a plateau where the agent only
-# guesses each attribute's commonest value, then ~100 steps of recall; training stops once they
-# are recalled. Agents 64 or more wide leave the plateau erratically at 8e-3 (measured: recall
-# 0.3-0.7 after 450-500 steps, vs 0.92-0.93 at 5e-3), hence their smaller learning rate.
+# Default ladder: widths and depths grow together, sized so the whole build takes a few
+# CPU-minutes. An agent trains until it recalls its facts and counts every length it was taught
+# (see `toy.pretrain`); max_steps only bounds a run that does not get there.
 _DEFAULT_AGENTS = (
-    AgentSpec("toy-xs", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=48,
-              max_steps=300, batch_size=64, learning_rate=1e-2),
-    AgentSpec("toy-s", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=96,
-              max_steps=350, batch_size=64, learning_rate=1e-2),
-    AgentSpec("toy-m", hidden_size=48, num_layers=2, num_heads=2, intermediate_size=128,
-              max_steps=450, batch_size=64, learning_rate=8e-3),
-    AgentSpec("toy-l", hidden_size=64, num_layers=3, num_heads=4, intermediate_size=176,
-              max_steps=500, batch_size=64, learning_rate=5e-3),
-    AgentSpec("toy-xl", hidden_size=80, num_layers=3, num_heads=4, intermediate_size=224,
-              max_steps=550, batch_size=64, learning_rate=5e-3),
+    AgentSpec("toy-xs", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=96,
+              max_steps=4000, batch_size=256, learning_rate=1e-2),
+    AgentSpec("toy-s", hidden_size=40, num_layers=2, num_heads=2, intermediate_size=112,
+              max_steps=4000, batch_size=256, learning_rate=1e-2),
+    AgentSpec("toy-m", hidden_size=48, num_layers=2, num_heads=4, intermediate_size=128,
+              max_steps=4000, batch_size=256, learning_rate=1e-2),
+    AgentSpec("toy-l", hidden_size=56, num_layers=2, num_heads=4, intermediate_size=160,
+              max_steps=4000, batch_size=256, learning_rate=1e-2),
+    AgentSpec("toy-xl", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=176,
+              max_steps=4000, batch_size=256, learning_rate=1e-2),
 )
 
-# 72 facts (a third stated ambiguously) and 72 arithmetic problems in 6 tiers (1-3 digits, 2-3
-# operands): agent k is taught tiers 0..k, none the hardest. No practice problems: they cost steps and
-# teach nothing these agents keep.
-_DEFAULT_WORLD = dict(num_entities=24, num_cities=16, skill_max_digits=3, skill_max_operands=3,
-                      skill_queries_per_tier=12, skill_corpus_size=0, ambiguous_fraction=1 / 3)
-
-# One-layer agents memorise slowly and erratically beyond a few dozen facts: the larger reduced
-# agents have two layers.
 _REDUCED_AGENTS = (
-    AgentSpec("toy-xs", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-              max_steps=200, batch_size=64, learning_rate=2e-2),
-    AgentSpec("toy-s", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=48,
-              max_steps=200, batch_size=64, learning_rate=1.5e-2),
-    AgentSpec("toy-m", hidden_size=24, num_layers=2, num_heads=2, intermediate_size=64,
-              max_steps=200, batch_size=64, learning_rate=1.5e-2),
-    AgentSpec("toy-l", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=96,
-              max_steps=200, batch_size=64, learning_rate=1.5e-2),
+    AgentSpec("toy-xs", hidden_size=24, num_layers=2, num_heads=2, intermediate_size=64,
+              max_steps=2000, batch_size=128, learning_rate=1e-2),
+    AgentSpec("toy-s", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=96,
+              max_steps=2000, batch_size=128, learning_rate=1e-2),
+    AgentSpec("toy-m", hidden_size=48, num_layers=2, num_heads=4, intermediate_size=128,
+              max_steps=2000, batch_size=128, learning_rate=1e-2),
 )
 
 
@@ -123,15 +111,18 @@ class PoolConfig:
       seed: model initialisation and batch order.
       costs: one per agent, strictly increasing; None = `default_costs(len(agents))`.
       knowledge_fraction: share of each batch drawn from the agent's facts (the rest from its
-        arithmetic problems).
+        practice sequences).
       scenario_every, scenario_batch_size: every scenario_every-th step (0 = never) trains on a
         batch of scenario_batch_size examples prompted with a scenario system message (alpha in
         SUPPORTED_ALPHAS: the prompt later stages use) and still answered plainly, so that agents,
-        like an instruct model, answer the same with or without the routing instructions. They
-        never see the refusal: that is what self-awareness training teaches.
+        like an instruct model, answer the same with or without the routing instructions. The loss
+        covers the whole row, so they read the refusal phrase as part of the instructions (a real
+        instruct model can say "I don't know!"); they never *give* it: when to give it is what
+        self-awareness training teaches.
       recall_target, check_every: training stops at the first check (every check_every steps)
-        where the agent recalls at least recall_target of its facts (teacher-forced greedy) under
-        the plain prompt and, with scenario batches, under a scenario prompt too; else at the
+        where the agent recalls at least recall_target of its cleanly stated facts (teacher-forced
+        greedy) under the plain prompt and, with scenario batches, under a scenario prompt too,
+        and reverses recall_target of fresh sequences of each length it was taught; else at the
         agent's max_steps.
       warmup_steps, weight_decay, adam_b2, max_grad_norm: AdamW with linear warm-up then a
         constant learning rate. Adam's b2=0.95 (not 0.999) is what lets the agents leave the
@@ -140,20 +131,20 @@ class PoolConfig:
       rope_theta, max_position_embeddings: written into each agent's config.json.
     """
 
-    world: WorldConfig = WorldConfig(**_DEFAULT_WORLD)
+    world: WorldConfig = WorldConfig()
     agents: tuple[AgentSpec, ...] = _DEFAULT_AGENTS
     seed: int = 0
     costs: tuple[float, ...] | None = None
-    knowledge_fraction: float = 2 / 3
+    knowledge_fraction: float = 0.85
     scenario_every: int = 4
-    scenario_batch_size: int = 32
+    scenario_batch_size: int = 48
     recall_target: float = 0.95
-    check_every: int = 25
+    check_every: int = 50
     warmup_steps: int = 20
     weight_decay: float = 0.0
     adam_b2: float = 0.95
     max_grad_norm: float = 1.0
-    eval_max_new_tokens: int = 10
+    eval_max_new_tokens: int = 16
     rope_theta: float = 10_000.0
     max_position_embeddings: int = 2048
 
@@ -186,9 +177,8 @@ class PoolConfig:
 
     @classmethod
     def reduced(cls, seed: int = 0) -> "PoolConfig":
-        """4 agents of 11K-32K parameters on `WorldConfig.reduced()`."""
-        world = dataclasses.replace(WorldConfig.reduced(seed=seed), skill_queries_per_tier=12, skill_corpus_size=0)
-        return cls(world=world, agents=_REDUCED_AGENTS, seed=seed, knowledge_fraction=0.75, scenario_batch_size=16)
+        """3 small agents on `WorldConfig.reduced()`, for tests."""
+        return cls(world=WorldConfig.reduced(seed=seed), agents=_REDUCED_AGENTS, seed=seed, scenario_batch_size=32)
 
     @classmethod
     def default(cls, seed: int = 0) -> "PoolConfig":

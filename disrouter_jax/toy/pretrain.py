@@ -1,18 +1,26 @@
 """Pre-training and scoring one toy agent with the project's own jitted training code.
 
-Data: `world.pretraining_corpus(level, n)` as single-turn ChatML chats, tokenized with
-`selfaware.data.tokenize_sft_example` (prompt = the toy task's messages for the bare question,
-response = the answer + <|im_end|>) and padded with `bucket_pad_batch` to one fixed shape per
-stream, so the SFT step compiles once per stream.
+Data: each agent's corpus, as single-turn ChatML chats (the toy task's prompt for the bare question,
+the answer, <|im_end|>):
+  * its facts (`world.fact_rows`: every fact of the entities it saw; contested facts with their
+    distractor rows in the first corpus that holds them), and
+  * letter sequences to count (`world.practice_strings`, lengths up to its taught length, never
+    a query's string),
+trained as language modelling over the whole sequence (question, answer and template alike), as a
+real LLM is pre-trained on text: loss on the answer alone memorises far more slowly (measured:
+~3,000 vs ~800 steps to recall 2,400 facts) and leaves the embeddings of the entities an agent saw
+no different from those it never saw. Every `scenario_every`-th batch instead holds facts asked
+under a scenario system prompt (the routing prompt of later stages) and answered plainly, with the
+loss on the answer only (instruction data): agents, like an instruct model, then answer the same
+with or without the routing instructions. They never see the refusal: that is what Self-Awareness
+Training teaches.
 
-Training (`pretrain_agent`), with `training.sft.make_sft_step` (masked CE, AdamW, constant
-learning rate after warm-up): batches of plain prompts (mostly facts), every `scenario_every`-th
-one with scenario system prompts instead (the routing prompt of later stages, answered plainly),
-until the agent recalls `recall_target` of its facts under both kinds of prompt (checked every
-`check_every` steps, teacher-forced greedy: `RecallCheck`) or `max_steps`. Stopping on recall keeps
-the time bounded while making every agent actually learn its facts: when the plateau before recall
-ends varies from seed to seed, so a fixed step count would leave some agents with nothing memorised
-and break the capability ladder.
+Training (`pretrain_agent`, `training.sft.make_sft_step`: masked cross-entropy, AdamW, constant
+rate after warm-up) stops at the first check (every `check_every` steps) where the agent recalls
+`recall_target` of its cleanly stated facts under plain and scenario prompts and counts
+`recall_target` of fresh sequences of every length it was taught (teacher-forced greedy), or at
+its `max_steps`. Stopping on competence rather than a step count makes every agent actually learn
+what it was shown, whatever its initialisation.
 
 Scoring (`score_agent`): greedy generation on every query of a split, checked by the toy tasks.
 """
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +38,20 @@ from flax import nnx
 
 from disrouter_jax.generation import BucketConfig, chat_prompt_ids, generate, stop_token_ids_for
 from disrouter_jax.models import qwen2
-from disrouter_jax.selfaware.data import TokenizedSFTExample, bucket_pad_batch, tokenize_sft_example
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.prompts import SUPPORTED_ALPHAS
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.pool_config import PoolConfig, seed_for
 from disrouter_jax.toy.tokenizer import IM_END, PAD_TOKEN
-from disrouter_jax.toy.world import FAMILIES, HELDOUT, KNOWLEDGE, SKILL, ToyWorld
+from disrouter_jax.toy.world import FAMILIES, HELDOUT, KNOWLEDGE, ToyWorld, skill_answer, skill_question
 from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.sft import TokenBatch, make_sft_step
 from disrouter_jax.training.state import create_train_state
+
+# Practice strings drawn per agent (cycled): enough that it learns to count, not to recall them.
+PRACTICE_POOL = 4096
+# Fresh sequences per taught length in the competence check.
+SKILL_CHECK_PER_LENGTH = 32
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -58,81 +70,144 @@ def special_ids(tokenizer) -> dict[str, int]:
     return {"eos": tokenizer.convert_tokens_to_ids(IM_END), "pad": tokenizer.convert_tokens_to_ids(PAD_TOKEN)}
 
 
-class TokenCache:
-    """Token ids of prompts and answers already rendered with one tokenizer: the agents of a pool
-    share most of their corpus, and rendering the chat template is the slow part."""
+class PromptIds:
+    """Token ids of the toy prompt for many questions, fast: the template's fixed text around the
+    question is tokenized once per scenario and the question's own ids are spliced in.
+
+    The question starts a line and is followed by a special token, so it is pre-tokenized on its
+    own either way; the first question of every scenario is also rendered the slow way
+    (`chat_prompt_ids`) and must give the same ids.
+    """
+
+    _MARK = "\u2063QUESTION\u2063"
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self._prompts: dict[tuple[str, float | None], list[int]] = {}
-        self._texts: dict[str, list[int]] = {}
+        self._parts: dict[float | None, tuple[list[int], list[int]]] = {}
+        self._checked: set[float | None] = set()
 
-    def prompt(self, question: str, alpha: float | None) -> list[int]:
-        key = (question, alpha)
-        if key not in self._prompts:
-            self._prompts[key] = chat_prompt_ids(self.tokenizer, plain_messages(question, alpha))
-        return self._prompts[key]
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
 
-    def text(self, text: str) -> list[int]:
-        if text not in self._texts:
-            self._texts[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._texts[text]
-
-
-def tokenized_pairs(pairs, tokenizer, *, scenario: bool = False, cache: TokenCache | None = None
-                    ) -> list[TokenizedSFTExample]:
-    """(question, answer) pairs as chat examples (prompt = the toy task's messages, response = the
-    answer + <|im_end|>). scenario=True: the i-th pair is prompted with the scenario of
-    SUPPORTED_ALPHAS[i % 3]; the response is still the plain answer."""
-    cache = TokenCache(tokenizer) if cache is None else cache
-    if cache.tokenizer is not tokenizer:
-        raise ValueError("tokenized_pairs: cache was built for another tokenizer")
-    eos_id = special_ids(tokenizer)["eos"]
-    return [tokenize_sft_example(cache.prompt(question, SUPPORTED_ALPHAS[i % len(SUPPORTED_ALPHAS)] if scenario
-                                              else None), cache.text(answer), eos_id)
-            for i, (question, answer) in enumerate(pairs)]
+    def __call__(self, questions: Sequence[str], alpha: float | None = None) -> list[list[int]]:
+        if alpha not in self._parts:
+            text = self.tokenizer.apply_chat_template(plain_messages(self._MARK, alpha), tokenize=False,
+                                                      add_generation_prompt=True)
+            prefix, suffix = text.split(self._MARK)
+            self._parts[alpha] = tuple(self._encode([prefix, suffix]))
+        prefix, suffix = self._parts[alpha]
+        out = [prefix + ids + suffix for ids in self._encode(questions)]
+        if out and alpha not in self._checked:
+            slow = chat_prompt_ids(self.tokenizer, plain_messages(questions[0], alpha))
+            if slow != out[0]:
+                raise ValueError(f"PromptIds: splicing changed the tokens of {questions[0]!r}; "
+                                 "the tokenizer merges across the question's boundaries")
+            self._checked.add(alpha)
+        return out
 
 
-def pretraining_examples(world: ToyWorld, tokenizer, level: int, num_levels: int, *, scenario: bool = False,
-                         cache: TokenCache | None = None) -> dict[str, list[TokenizedSFTExample]]:
-    """{family: tokenized examples} of `world.pretraining_corpus(level, num_levels)`, in order
-    (see `tokenized_pairs`; `cache` is reused across calls)."""
-    fact_questions = {f.question for f in world.facts}
-    corpus = world.pretraining_corpus(level, num_levels)
-    examples = tokenized_pairs(corpus, tokenizer, scenario=scenario, cache=cache)
-    out: dict[str, list[TokenizedSFTExample]] = {KNOWLEDGE: [], SKILL: []}
-    for (question, _), example in zip(corpus, examples):
-        out[KNOWLEDGE if question in fact_questions else SKILL].append(example)
-    return out
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """Tokenized chats, one row each: ids = prompt + answer + <|im_end|>; `answer_start` is the
+    index of the first answer token (everything before it is the prompt)."""
+
+    ids: tuple[tuple[int, ...], ...]
+    answer_start: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def longest(self) -> int:
+        return max((len(r) for r in self.ids), default=2)
+
+    def batch(self, indices: Sequence[int], width: int, pad_id: int, *, whole_sequence: bool) -> TokenBatch:
+        """Next-token batch [len(indices), width]: loss on every token (`whole_sequence`) or on
+        the answer and end-of-turn only."""
+        rows = len(indices)
+        input_ids = np.full((rows, width), pad_id, np.int32)
+        targets = np.full((rows, width), pad_id, np.int32)
+        mask = np.zeros((rows, width), np.float32)
+        for row, i in enumerate(indices):
+            seq = self.ids[i]
+            n = len(seq) - 1
+            if n > width:
+                raise ValueError(f"Rows.batch: a row of {n} tokens exceeds width={width}")
+            input_ids[row, :n] = seq[:-1]
+            targets[row, :n] = seq[1:]
+            mask[row, 0 if whole_sequence else self.answer_start[i] - 1:n] = 1.0
+        return TokenBatch(input_ids, targets, mask)
 
 
-def longest_example(examples: Mapping[str, Sequence[TokenizedSFTExample]]) -> int:
-    return max(len(ex.input_ids) for family in examples.values() for ex in family)
+def tokenize_rows(pairs: Sequence[tuple[str, str]], prompt_ids: PromptIds, alphas: Sequence[float | None] = (None,)
+                  ) -> Rows:
+    """(question, answer) pairs as `Rows`; the i-th pair is prompted under alphas[i % len(alphas)]."""
+    tokenizer = prompt_ids.tokenizer
+    eos = special_ids(tokenizer)["eos"]
+    answers = prompt_ids._encode([a for _, a in pairs])
+    prompts: list[list[int] | None] = [None] * len(pairs)
+    for k, alpha in enumerate(alphas):
+        picked = list(range(k, len(pairs), len(alphas)))
+        for i, ids in zip(picked, prompt_ids([pairs[i][0] for i in picked], alpha)):
+            prompts[i] = ids
+    return Rows(ids=tuple(tuple(p + a + [eos]) for p, a in zip(prompts, answers)),
+                answer_start=tuple(len(p) for p in prompts))
 
 
-def _cycled_indices(num_items: int, rng: np.random.Generator):
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """An agent's pre-training rows: facts, practice sequences, and scenario-prompted facts."""
+
+    facts: Rows
+    practice: Rows
+    scenario: Rows
+
+
+def agent_corpus(world: ToyWorld, level: int, num_levels: int, prompt_ids: PromptIds, *, seed: int,
+                 practice_size: int = PRACTICE_POOL) -> Corpus:
+    fact_pairs = world.fact_rows(level, num_levels)
+    letters = world.practice_strings(level, num_levels, practice_size, seed=seed)
+    practice = [(skill_question(s), skill_answer(s)) for s in letters]
+    # Scenario rows: the cleanly known facts (not the distractor rows) and as many practice
+    # sequences, cycling the three scenarios.
+    known = world.known_pairs(level, num_levels)
+    scenario = tokenize_rows(list(known) + practice[:len(known)], prompt_ids, alphas=SUPPORTED_ALPHAS)
+    return Corpus(facts=tokenize_rows(fact_pairs, prompt_ids), practice=tokenize_rows(practice, prompt_ids),
+                  scenario=scenario)
+
+
+def _cycled(num_items: int, rng: np.random.Generator):
     """Endless stream of indices: a fresh permutation per pass, so every item is seen equally."""
     while True:
         yield from rng.permutation(num_items)
 
 
-def batch_stream(examples: Mapping[str, Sequence[TokenizedSFTExample]], *, batch_size: int,
-                 knowledge_fraction: float, length_bucket: int, pad_id: int, seed: int):
-    """Endless stream of padded `TokenBatch`es of the fixed shape [batch_size, length_bucket]:
-    round(batch_size * knowledge_fraction) fact rows (all rows if there is no arithmetic), the
-    rest arithmetic rows, each family cycled through in a fresh random order per pass."""
+def batch_stream(corpus: Corpus, *, batch_size: int, knowledge_fraction: float, pad_id: int, seed: int):
+    """Endless stream of whole-sequence batches of one fixed shape: round(batch_size *
+    knowledge_fraction) fact rows, the rest practice rows, each cycled in a fresh order per pass."""
     rng = np.random.default_rng(seed)
-    num_knowledge = round(batch_size * knowledge_fraction) if examples[SKILL] else batch_size
-    if not examples[KNOWLEDGE]:
-        num_knowledge = 0
-    counts = {KNOWLEDGE: num_knowledge, SKILL: batch_size - num_knowledge}
-    streams = {family: _cycled_indices(len(examples[family]), rng) for family in counts if counts[family]}
+    num_facts = round(batch_size * knowledge_fraction) if len(corpus.practice) else batch_size
+    num_facts = num_facts if len(corpus.facts) else 0
+    width = max(corpus.facts.longest, corpus.practice.longest) - 1
+    facts, practice = _cycled(len(corpus.facts), rng), _cycled(len(corpus.practice), rng)
     while True:
-        rows = [examples[family][next(streams[family])] for family in counts for _ in range(counts[family])]
-        padded = bucket_pad_batch(rows, [length_bucket], pad_id, batch_size=batch_size)
-        if padded.num_dropped:
-            raise ValueError(f"batch_stream: {padded.num_dropped} examples exceed length_bucket={length_bucket}")
-        yield TokenBatch.from_padded(padded)
+        fact_batch = [int(next(facts)) for _ in range(num_facts)]
+        practice_batch = [int(next(practice)) for _ in range(batch_size - num_facts)]
+        a = corpus.facts.batch(fact_batch, width, pad_id, whole_sequence=True)
+        b = corpus.practice.batch(practice_batch, width, pad_id, whole_sequence=True)
+        yield TokenBatch(*(np.concatenate([x, y]) for x, y in
+                           zip((a.input_ids_bt, a.targets_bt, a.loss_mask_bt), (b.input_ids_bt, b.targets_bt, b.loss_mask_bt))))
+
+
+def scenario_stream(corpus: Corpus, *, batch_size: int, pad_id: int, seed: int):
+    """Endless stream of scenario-prompted fact batches, loss on every token: the agent reads the
+    routing instructions (the refusal phrase among them) as text, as an instruct model has read
+    such text, and still answers plainly; it never *gives* the refusal."""
+    rng = np.random.default_rng(seed)
+    order = _cycled(len(corpus.scenario), rng)
+    width = corpus.scenario.longest - 1
+    while True:
+        yield corpus.scenario.batch([int(next(order)) for _ in range(batch_size)], width, pad_id, whole_sequence=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,48 +222,56 @@ def _rows_recalled(model, input_ids_bt, targets_bt, loss_mask_bt):
     return jnp.all(hits_bt | (loss_mask_bt == 0), axis=-1)
 
 
-def recalled_rows(model: qwen2.Qwen2, rows: TokenBatch) -> np.ndarray:
-    """[B] bool per row of `rows`: greedy decoding reproduces its trained tokens exactly."""
-    if rows.input_ids_bt.shape[0] == 0:
-        return np.zeros((0,), bool)
-    return np.asarray(_rows_recalled(model, jnp.asarray(rows.input_ids_bt), jnp.asarray(rows.targets_bt),
-                                     jnp.asarray(rows.loss_mask_bt)))
+def recalled_rows(model: qwen2.Qwen2, rows: TokenBatch, chunk: int = 512) -> np.ndarray:
+    """[B] bool per row of `rows`: greedy decoding reproduces its answer tokens exactly. Rows go
+    through in chunks of `chunk` (the last one padded), so one program serves any count."""
+    count = rows.input_ids_bt.shape[0]
+    out = []
+    for start in range(0, count, chunk):
+        pieces = [np.asarray(x[start:start + chunk]) for x in (rows.input_ids_bt, rows.targets_bt, rows.loss_mask_bt)]
+        pad = chunk - pieces[0].shape[0]
+        pieces = [np.pad(x, ((0, pad), (0, 0))) for x in pieces]
+        out.append(np.asarray(_rows_recalled(model, *map(jnp.asarray, pieces)))[:chunk - pad])
+    return np.concatenate(out) if out else np.zeros((0,), bool)
 
 
-class RecallCheck:
-    """Share of the taught pairs an agent recalls (`recalled_rows`) under plain prompts and, with
-    scenario batches, under scenario prompts.
+class CompetenceCheck:
+    """Whether an agent has learnt what it was shown (module docstring): recall of its clean facts
+    under the plain and the scenario prompts, and counting fresh sequences of every length it
+    was taught. The scenario set is only checked once the plain one passes (training goes on
+    either way below the target, so skipping it changes nothing) and for the final report."""
 
-    Both sets are padded to one shape [pairs, longest of either], so one compiled program checks
-    either. The scenario set is checked only where it can matter: when the plain set reaches the
-    target (training may stop) and for the final report. Below the target on plain prompts training
-    goes on whatever the scenario recall, so skipping it there changes neither the stopping step nor
-    the reported recall, and halves the cost of most checks.
-    """
-
-    def __init__(self, plain: Sequence[TokenizedSFTExample], scenario: Sequence[TokenizedSFTExample] | None, *,
-                 pad_id: int, target: float):
-        width = max((len(ex.input_ids) for ex in [*plain, *(scenario or ())]), default=1)
-        self._plain, self._scenario = (
-            None if examples is None else TokenBatch.from_padded(bucket_pad_batch(examples, [width], pad_id))
-            for examples in (plain, scenario))
-        self.num_pairs = len(plain)
+    def __init__(self, world: ToyWorld, level: int, num_levels: int, prompt_ids: PromptIds, *, pad_id: int,
+                 target: float, seed: int, scenario: bool):
+        known = world.known_pairs(level, num_levels)
+        low, high = world.config.skill_lengths[0], world.taught_length(level, num_levels)
+        fresh = [s for s in world.practice_strings(level, num_levels, 50 * SKILL_CHECK_PER_LENGTH * (high - low + 1),
+                                                    seed=seed)]
+        by_length = {length: [s for s in fresh if len(s) == length][:SKILL_CHECK_PER_LENGTH]
+                     for length in range(low, high + 1)}
+        skill = [(skill_question(s), skill_answer(s)) for group in by_length.values() for s in group]
+        self._sets = {"facts": tokenize_rows(known, prompt_ids), "skill": tokenize_rows(skill, prompt_ids)}
+        if scenario:
+            self._sets["scenario"] = tokenize_rows(list(known) + skill, prompt_ids, alphas=SUPPORTED_ALPHAS)
         self.target = target
+        self.pad_id = pad_id
 
-    def __call__(self, model: qwen2.Qwen2, *, final: bool = False) -> tuple[float, float | None]:
-        """(plain recall, scenario recall): scenario is None without scenario batches and NaN where
-        it was skipped (plain recall below the target and not `final`)."""
-        if self.num_pairs == 0:
-            return 1.0, None if self._scenario is None else 1.0
-        plain = float(recalled_rows(model, self._plain).mean())
-        if self._scenario is None:
-            return plain, None
-        if plain < self.target and not final:
-            return plain, float("nan")
-        return plain, float(recalled_rows(model, self._scenario).mean())
+    def _score(self, model, name: str) -> float:
+        rows = self._sets[name]
+        if not len(rows):
+            return 1.0
+        batch = rows.batch(range(len(rows)), rows.longest - 1, self.pad_id, whole_sequence=False)
+        return float(recalled_rows(model, batch).mean())
 
-    def reached(self, recalled: tuple[float, float | None]) -> bool:
-        return all(r >= self.target for r in recalled if r is not None)  # NaN (skipped) >= target is False
+    def __call__(self, model, *, final: bool = False) -> dict[str, float]:
+        scores = {"facts": self._score(model, "facts"), "skill": self._score(model, "skill")}
+        if "scenario" in self._sets:
+            passed = all(v >= self.target for v in scores.values())
+            scores["scenario"] = self._score(model, "scenario") if passed or final else float("nan")
+        return scores
+
+    def reached(self, scores: dict[str, float]) -> bool:
+        return all(v >= self.target for v in scores.values())  # NaN (skipped) >= target is False
 
 
 def agent_model_config(config: PoolConfig, level: int, tokenizer) -> qwen2.Qwen2Config:
@@ -202,37 +285,29 @@ def agent_model_config(config: PoolConfig, level: int, tokenizer) -> qwen2.Qwen2
 @dataclasses.dataclass(frozen=True)
 class PretrainReport:
     steps: int  # optimizer updates (<= max_steps)
-    fact_recall: float  # at the end, on the agent's own facts, plain prompts
-    fact_recall_scenario: float | None  # the same under scenario prompts (None: no scenario batches)
+    competence: dict[str, float]  # at the end: recall of facts (plain / scenario prompts), skill
     final_loss: float
     loss_curve: tuple[tuple[int, float], ...]  # (step, loss) at every check
 
 
 def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *, progress: bool = False,
-                   cache: TokenCache | None = None) -> tuple[qwen2.Qwen2, PretrainReport]:
+                   prompt_ids: PromptIds | None = None) -> tuple[qwen2.Qwen2, PretrainReport]:
     """Initialise agent `level` from the pool seed and pre-train it (module docstring)."""
     from tqdm.auto import tqdm
 
     spec = config.agents[level]
     num_levels = len(config.agents)
     pad_id = special_ids(tokenizer)["pad"]
-    cache = TokenCache(tokenizer) if cache is None else cache
-
-    taught = world.taught_pairs(level, num_levels)
-
-    def stream(scenario: bool, batch_size: int, seed_tag: int):
-        examples = pretraining_examples(world, tokenizer, level, num_levels, scenario=scenario, cache=cache)
-        width = longest_example(examples)  # one fixed shape per stream: one compilation each
-        batches = batch_stream(examples, batch_size=batch_size, knowledge_fraction=config.knowledge_fraction,
-                               length_bucket=width, pad_id=pad_id, seed=seed_for(config.seed, level, seed_tag))
-        return batches, tokenized_pairs(taught, tokenizer, scenario=scenario, cache=cache)
-
-    # Recall is checked on every taught pair (facts and skill problems), not on practice problems.
-    plain_batches, facts = stream(False, spec.batch_size, 1)
-    scenario_batches, scenario_facts = None, None
+    prompt_ids = PromptIds(tokenizer) if prompt_ids is None else prompt_ids
+    corpus = agent_corpus(world, level, num_levels, prompt_ids, seed=seed_for(config.seed, level, 3))
+    plain_batches = batch_stream(corpus, batch_size=spec.batch_size, knowledge_fraction=config.knowledge_fraction,
+                                 pad_id=pad_id, seed=seed_for(config.seed, level, 1))
+    scenario_batches = None
     if config.scenario_every:
-        scenario_batches, scenario_facts = stream(True, config.scenario_batch_size, 2)
-    recall = RecallCheck(facts, scenario_facts, pad_id=pad_id, target=config.recall_target)
+        scenario_batches = scenario_stream(corpus, batch_size=config.scenario_batch_size, pad_id=pad_id,
+                                           seed=seed_for(config.seed, level, 2))
+    check = CompetenceCheck(world, level, num_levels, prompt_ids, pad_id=pad_id, target=config.recall_target,
+                            seed=seed_for(config.seed, level, 4), scenario=bool(config.scenario_every))
 
     optim = OptimConfig(learning_rate=spec.learning_rate, total_steps=spec.max_steps,
                         warmup_steps=config.warmup_steps, decay="constant", weight_decay=config.weight_decay,
@@ -241,7 +316,7 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
     state = create_train_state(model, optim)
     train_step = make_sft_step(optim)
     loss_curve: list[tuple[int, float]] = []
-    recalled: tuple[float, float | None] = (0.0, None)
+    scores: dict[str, float] = {}
     metrics: dict = {}
     with tqdm(total=spec.max_steps, desc=f"{spec.name} [{level + 1}/{num_levels}]", unit="step",
               disable=not progress) as bar:
@@ -256,13 +331,13 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
                 raise FloatingPointError(f"agent {spec.name!r}: non-finite loss or gradient at step {step} "
                                          f"(loss={float(host['loss'])}); lower its learning_rate")
             loss_curve.append((step, round(float(host["loss"]), 4)))
-            recalled = recall(state.model(), final=step == spec.max_steps)
-            bar.set_postfix(loss=f"{float(host['loss']):.3f}", recall=f"{recalled[0]:.2f}")
-            if recall.reached(recalled):
+            scores = check(state.model(), final=step == spec.max_steps)
+            bar.set_postfix(loss=f"{float(host['loss']):.3f}", **{k: f"{v:.2f}" for k, v in scores.items()})
+            if check.reached(scores):
                 bar.total = step
                 bar.refresh()
                 break
-    return state.model(), PretrainReport(steps=step, fact_recall=recalled[0], fact_recall_scenario=recalled[1],
+    return state.model(), PretrainReport(steps=step, competence=scores,
                                          final_loss=float(jax.device_get(metrics)["loss"]),
                                          loss_curve=tuple(loss_curve))
 
@@ -285,15 +360,15 @@ def score_agent(model: qwen2.Qwen2, tokenizer, world: ToyWorld, *, split: str = 
     """
     queries = world.queries_for(split)
     examples = [toy_tasks.query_to_example(q) for q in queries]
-    prompts = [[chat_prompt_ids(tokenizer, toy_tasks.task_for_family(q.family).messages(ex, alpha=alpha))
-                for q, ex in zip(queries, examples)] for alpha in alphas]
+    prompt_ids = PromptIds(tokenizer)
+    prompts = [prompt_ids([q.question for q in queries], alpha) for alpha in alphas]
     longest = max((len(p) for per_alpha in prompts for p in per_alpha), default=1)
     buckets = BucketConfig(prompt_lengths=(BucketConfig().prompt_bucket(longest),))
     stop_token_ids = stop_token_ids_for(tokenizer, model_dir)
     scores = []
     for per_alpha in prompts:
         generations = generate(model, per_alpha, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids,
-                               max_batch_size=128, buckets=buckets, progress=False)
+                               max_batch_size=256, buckets=buckets, progress=False)
         correct: dict[str, list[str]] = {family: [] for family in FAMILIES}
         for query, example, samples in zip(queries, examples, generations):
             response = tokenizer.decode(samples[0].token_list, skip_special_tokens=True)
@@ -304,6 +379,7 @@ def score_agent(model: qwen2.Qwen2, tokenizer, world: ToyWorld, *, split: str = 
 
 
 __all__ = [
-    "PretrainReport", "RecallCheck", "TokenCache", "agent_model_config", "batch_stream", "plain_messages",
-    "pretrain_agent", "pretraining_examples", "recalled_rows", "score_agent", "special_ids", "tokenized_pairs",
+    "CompetenceCheck", "Corpus", "PretrainReport", "PromptIds", "Rows", "agent_corpus", "agent_model_config",
+    "batch_stream", "plain_messages", "pretrain_agent", "recalled_rows", "scenario_stream", "score_agent",
+    "special_ids", "tokenize_rows",
 ]

@@ -1,16 +1,17 @@
-"""The toy world's query families as ordinary registered tasks: "toy_knowledge" and "toy_skill".
+"""The toy world's query families as ordinary registered tasks: "toy_knowledge", "toy_choice"
+and "toy_skill" (in-domain) and "toy_ood" (out-of-domain: only a test split, never trained on).
 
 Nothing downstream needs to know they are toys: they load Example JSONL files like any local task
 (`load_task("toy_skill", path=pool.task_dir / "toy_skill", split="test")`), prompt with the
-project's `build_messages` (no answer-format instruction: toy agents answer bare, e.g. "Blemfor"
-or "-12") and check responses with the world's exact-match rule (`toy.world.checker`), after the
+project's `build_messages` (no answer-format instruction: toy agents answer bare, e.g. "sailor"
+or "3") and check responses with the world's exact-match rule (`toy.world.checker`), after the
 usual refusal test.
 
 World splits map to task splits: world "train" -> "train", world "heldout" -> "test" (the tasks'
 default split). Example ids are the world's query ids, so `world.query(example.id)` recovers the
 hidden difficulty of any example.
 
-Importing this module registers both tasks (idempotent).
+Importing this module registers the tasks (idempotent).
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from disrouter_jax.tasks import checkers
 from disrouter_jax.tasks.base import Task
 from disrouter_jax.tasks.example import Example, Verdict
 from disrouter_jax.tasks.registry import example_jsonl_task, register_task
-from disrouter_jax.toy.world import HELDOUT, KNOWLEDGE, SKILL, TRAIN, ToyQuery, ToyWorld, normalize_answer
+from disrouter_jax.toy.world import CHOICE, FAMILIES, HELDOUT, KNOWLEDGE, OOD, SKILL, TRAIN, ToyQuery, ToyWorld, normalize_answer
 
 TOY_KNOWLEDGE = "toy_knowledge"
+TOY_CHOICE = "toy_choice"
 TOY_SKILL = "toy_skill"
-TASK_OF_FAMILY = {KNOWLEDGE: TOY_KNOWLEDGE, SKILL: TOY_SKILL}
+TOY_OOD = "toy_ood"
+TASK_OF_FAMILY = {KNOWLEDGE: TOY_KNOWLEDGE, CHOICE: TOY_CHOICE, SKILL: TOY_SKILL, OOD: TOY_OOD}
 FAMILY_OF_TASK = {task: family for family, task in TASK_OF_FAMILY.items()}
+IN_DOMAIN_TASKS = (TOY_KNOWLEDGE, TOY_CHOICE, TOY_SKILL)
+OUT_OF_DOMAIN_TASKS = (TOY_OOD,)
 TASK_SPLIT_OF_WORLD_SPLIT = {TRAIN: "train", HELDOUT: "test"}
-# Knowledge answers are names (a span); skill answers are integers.
-_ANSWER_TYPE_OF_FAMILY = {KNOWLEDGE: "span", SKILL: "number"}
+_DOMAIN_OF_FAMILY = {KNOWLEDGE: "in", CHOICE: "in", SKILL: "in", OOD: "out"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +63,13 @@ class ToyTask(Task):
 
 
 def _make_task(family: str) -> ToyTask:
-    base = example_jsonl_task(TASK_OF_FAMILY[family], domain="in", answer_type=_ANSWER_TYPE_OF_FAMILY[family],
+    # Every toy answer is a short span (a value word, or letters), checked by exact match.
+    base = example_jsonl_task(TASK_OF_FAMILY[family], domain=_DOMAIN_OF_FAMILY[family], answer_type="span",
                               format_instruction="", default_split="test")
     return ToyTask(**{field.name: getattr(base, field.name) for field in dataclasses.fields(Task)})
 
 
-TOY_TASKS: dict[str, ToyTask] = {family: _make_task(family) for family in (KNOWLEDGE, SKILL)}
+TOY_TASKS: dict[str, ToyTask] = {family: _make_task(family) for family in FAMILIES}
 for _task in TOY_TASKS.values():
     register_task(_task)
 
@@ -78,20 +83,19 @@ def task_for_family(family: str) -> ToyTask:
 
 def query_to_example(query: ToyQuery) -> Example:
     """The task Example of one world query (same id, gold = the query's answer)."""
-    answer_type = _ANSWER_TYPE_OF_FAMILY[query.family]
-    gold = (query.answer,) if answer_type == "span" else query.answer
-    return Example(task=TASK_OF_FAMILY[query.family], id=query.id, question=query.question, gold=gold,
-                   answer_type=answer_type)
+    return Example(task=TASK_OF_FAMILY[query.family], id=query.id, question=query.question, gold=(query.answer,),
+                   answer_type="span")
 
 
 def world_examples(world: ToyWorld, split: str) -> dict[str, list[Example]]:
-    """{task name: examples} of one world split ("train" or "heldout")."""
+    """{task name: examples} of one world split ("train" or "heldout"); the out-of-domain family
+    has held-out queries only."""
     return {TASK_OF_FAMILY[family]: [query_to_example(q) for q in world.queries_for(split, family)]
-            for family in (KNOWLEDGE, SKILL)}
+            for family in FAMILIES if world.queries_for(split, family)}
 
 
 def write_task_files(world: ToyWorld, out_dir: str | os.PathLike) -> Path:
-    """Write out_dir/<task>/{train,test}.jsonl for both toy tasks, atomically per file."""
+    """Write out_dir/<task>/<split>.jsonl for every toy task and split it has, atomically per file."""
     out_dir = Path(out_dir)
     for world_split, task_split in TASK_SPLIT_OF_WORLD_SPLIT.items():
         for task_name, examples in world_examples(world, world_split).items():

@@ -3,9 +3,13 @@
 Byte-level like Qwen2.5's: the 256 byte symbols are all in the vocabulary, so any ASCII text
 (scenario instructions, the refusal, arbitrary digits) and any NFC-normalised Unicode encodes and
 decodes losslessly; merges are learned on the world's text so its questions and answers stay
-short. Normaliser and pre-tokenizer are Qwen2's (NFC, single digits, words with their leading
-space), so numbers go digit by digit as in Qwen2.5. Special tokens, eos/pad and the ChatML template
-match Qwen2.5-Instruct's.
+short. Every entity name of the world is one token of its own (an added, non-special word token),
+as a real LLM's vocabulary holds a frequent name whole: an entity an agent never saw in
+pre-training is then a token whose embedding it never trained, which is what lets an agent tell
+entities it knows from entities it does not (notes in the toy-world issue; Ferrando et al., ICLR
+2025, find the same signal in LLMs). Normaliser and pre-tokenizer are Qwen2's (NFC, single digits, words with their leading
+space), so numbers go digit by digit as in Qwen2.5. Special tokens and eos/pad match Qwen2.5-Instruct's; the ChatML
+template is Qwen3's (no default system turn).
 """
 
 from __future__ import annotations
@@ -25,24 +29,19 @@ PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)  # ids 0, 1, 2
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MODEL_MAX_LENGTH = 2048
 
 # Texts the agents emit or read in every prompt get this many copies in the merge training, so
 # they become a few tokens each instead of one per byte.
 _FREQUENT_TEXT_WEIGHT = 50
 
-# Qwen2.5-Instruct's template without the tool-calling branches: a default system turn when the
-# conversation has none, ChatML turns, and the assistant header as the generation prompt.
+# ChatML as Qwen3's template writes it, without the tool-calling and thinking branches: a system
+# turn only when the conversation has one (Qwen2.5's template adds a default "You are a helpful
+# assistant." turn, ten tokens on every toy prompt that teach nothing), then the turns, and the
+# assistant header as the generation prompt.
 CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
-    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first)"
-    " or message.role == 'assistant' %}"
+    "{%- if message.role == 'user' or message.role == 'system' or message.role == 'assistant' %}"
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
@@ -58,7 +57,7 @@ def scenario_texts() -> list[str]:
 
 
 def _training_texts(world: ToyWorld, extra_texts: Iterable[str]) -> list[str]:
-    frequent = [REFUSAL, f"system\n{DEFAULT_SYSTEM_PROMPT}", "user\n", "assistant\n", *extra_texts]
+    frequent = [REFUSAL, "system\n", "user\n", "assistant\n", *extra_texts]
     return list(world.tokenizer_texts()) + frequent * _FREQUENT_TEXT_WEIGHT
 
 
@@ -113,6 +112,7 @@ def build_tokenizer(world: ToyWorld, out_dir: str | os.PathLike,
         clean_up_tokenization_spaces=False,
         model_max_length=MODEL_MAX_LENGTH,
     )
+    tokenizer.add_tokens([AddedToken(name, single_word=True, normalized=False) for name in world.entities])
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
     return load_tokenizer(out_dir)

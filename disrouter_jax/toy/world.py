@@ -1,24 +1,41 @@
 """A synthetic question-answering world for the toy agent pool, deterministic from a seed.
 
-Two query families:
-  * knowledge — facts about generated entities ("What is the home city of Zorvath?" -> "Blemfor").
-    Every fact has a hidden rarity in (0, 1), an entity's facts adjacent ones (an agent knows an
-    entity or not, as a language model does); the agent at ladder level k of n is pre-trained on
-    exactly the facts whose rarity is below `exposure_fraction(k, n)`, which grows with k, so each
-    agent's facts are a superset of the previous agent's. Facts with rarity >= `max_exposure` are in
-    no corpus, so even the largest agent cannot know them. Nothing in a question's surface reveals
-    its rarity: refusing well needs self-knowledge.
-  * skill — arithmetic whose difficulty is visible (more digits, more operands). Each tier has a
-    rarity, (tier + 0.5) / number of tiers, and its problems are taught to exactly the agents whose
-    exposure exceeds it (the same rule as facts): the cheapest agent knows the one-digit sums, the
-    largest every tier but the hardest. Agents
-    this small cannot learn to *compute* multi-digit arithmetic in CPU-minutes (measured: 0-4 of 30
-    held-out problems, whatever the size), so the ladder comes from what each was taught; what
-    differs from knowledge is that the difficulty is written in the question, so refusing can
-    use the surface. `skill_corpus_size` extra practice problems, never a query, are shared by all.
+What a real LLM knows tracks what its pre-training showed it: facts about an entity are known
+when the entity appeared often enough, and skills work on the inputs they were practised on. The
+world imitates both, so that whether agent k can answer a query depends on what agent k learned:
 
-Train / heldout splits partition the queries of both families; knowledge queries of both splits are
-about facts spread over the whole rarity range (the point is whether an agent knows them).
+* **knowledge** (in-domain, hidden difficulty): facts about generated entities, "What is the job
+  of Brekor?" -> "sailor". Every entity has a hidden popularity rank; agent k of n is pre-trained
+  on the facts of the entities whose rank lies below `exposure_fraction(k, n)` (a superset of
+  agent k-1's). Nothing in the question says whether an agent saw the entity: refusing well needs
+  self-knowledge. Each entity name is a single token, so an entity an agent never saw is a token
+  it never trained on (as a rare name is to an LLM).
+* **choice** (in-domain, the same facts as a two-option question, like the paper's multiple-choice
+  sets): "Which is the job of Brekor: miner or sailor?" -> "sailor". An agent that does not know
+  the entity still picks one of the two options, right half the time: p(x) ~ 0.5 for every entity
+  it never saw, so the scenario decides whether guessing pays (at α = 0.8, δ = 0.2: it does).
+  Pre-training states a `choice_share` of each corpus's facts in this form too (the format is
+  learnt; the facts come from the open questions).
+* **skill** (in-domain, visible difficulty): counting the letters of a sequence, "Count the
+  letters: k d a" -> "3". Agent k practised sequences up to `taught_length(k, n)` letters (random
+  practice strings, never a query's) and, like small transformers generally, fails on inputs longer
+  than it trained on (measured: 0 % one letter past the taught length). The length is written in
+  the question, so refusing can use the surface. (Reversing or copying the letters would be the
+  more skill-like task, but tiny agents need ~5x the pre-training steps to learn either.)
+* **ood** (out-of-domain): facts of a held-back attribute ("What is the pet of Brekor?") of the
+  held-out entities. They are in pre-training like every fact, but no Self-Awareness Training
+  stage and no router is fitted on this family: the paper's out-of-domain split.
+
+Intermediate p(x): a `contested_fraction` of the facts reach the smallest corpora that hold them
+through noisy sources, as a rare entity's few mentions often are; larger corpora state them
+cleanly. In the corpora of the first `contested_span` levels that see it (1 or 2, drawn per fact)
+such a fact is stated with a distractor value: "uncertain" (3 right : 1 wrong; sampled p ~ 0.75,
+greedy right), "split" (1 : 1; p ~ 0.5) or "misinformed" (1 : 2; p ~ 0.33, greedy wrong). These
+are the queries where the scenario α decides whether answering pays.
+
+Splits are by entity: an entity's facts are all train or all held-out, so self-knowledge learnt
+on the training entities must generalise to entities it never saw in training (`heldout_fraction`
+of the entities, spread evenly over the popularity range). Skill queries are split at random.
 """
 
 from __future__ import annotations
@@ -29,11 +46,21 @@ import functools
 import numpy as np
 
 KNOWLEDGE = "knowledge"
+CHOICE = "choice"
 SKILL = "skill"
-FAMILIES = (KNOWLEDGE, SKILL)
+OOD = "ood"
+FAMILIES = (KNOWLEDGE, CHOICE, SKILL, OOD)
+IN_DOMAIN_FAMILIES = (KNOWLEDGE, CHOICE, SKILL)
 TRAIN = "train"
 HELDOUT = "heldout"
 SPLITS = (TRAIN, HELDOUT)
+
+# How a contested fact is stated at the first level that sees it: (right rows, distractor rows).
+CLEAN = "clean"
+UNCERTAIN = "uncertain"
+SPLIT = "split"
+MISINFORMED = "misinformed"
+CONTESTED_ROWS = {UNCERTAIN: (3, 1), SPLIT: (1, 1), MISINFORMED: (1, 2)}
 
 _COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "silver", "gold",
            "pink", "brown")
@@ -41,15 +68,15 @@ _JOBS = ("baker", "farmer", "sailor", "doctor", "painter", "teacher", "miner", "
          "weaver", "tailor", "guard")
 _PETS = ("cat", "dog", "owl", "goat", "horse", "fox", "crow", "frog", "snake", "rabbit", "turtle",
          "mouse")
-# A value pool of None means "the world's generated city names".
-_ATTRIBUTE_SPECS: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "home city": ("What is the home city of {entity}?", None),
+_ATTRIBUTE_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "favorite color": ("What is the favorite color of {entity}?", _COLORS),
     "job": ("What is the job of {entity}?", _JOBS),
-    "pet": ("Which pet does {entity} keep?", _PETS),
+    "pet": ("What is the pet of {entity}?", _PETS),
 }
 ATTRIBUTES = tuple(_ATTRIBUTE_SPECS)
-_OPERATIONS = ("+", "-")
+_CHOICE_TEMPLATE = "Which is the {attribute} of {entity}: {first} or {second}?"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SKILL_PREFIX = "Count the letters:"
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
            "st", "th", "sh")
@@ -58,8 +85,9 @@ _CODAS = ("", "", "n", "r", "l", "s", "m")
 
 # Named random streams: each part of the world draws from its own generator, so changing one size
 # knob does not reshuffle unrelated parts.
-_STREAMS = {"names": 1, "values": 2, "rarity": 3, "knowledge_split": 4, "skill_queries": 5,
-            "skill_split": 6, "skill_corpus": 7, "corpus_order": 8, "skill_rarity": 9, "ambiguity": 10}
+_STREAMS = {"names": 1, "values": 2, "popularity": 3, "entity_split": 4, "skill_queries": 5,
+            "skill_split": 6, "practice": 7, "corpus_order": 8, "contested": 9, "choice_queries": 10,
+            "choice_corpus": 11}
 
 
 def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
@@ -68,105 +96,129 @@ def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    """Size knobs of the toy world (defaults sized so a 5-agent pool pre-trains in minutes on CPU)."""
+    """Size knobs of the toy world.
+
+    Fields:
+      num_entities: entities, each with one value per attribute of `attributes + ood_attributes`.
+      attributes / ood_attributes: the in-domain knowledge family's and the out-of-domain
+        family's attributes (disjoint, from ATTRIBUTES).
+      min_exposure / max_exposure: share of the entities (lowest popularity ranks) the smallest
+        and the largest agent of the ladder saw; the rest is in no corpus.
+      heldout_fraction: share of the entities held out from every training stage (evaluation).
+      choice_attributes: the in-domain attributes also asked as two-option questions (choice).
+      choice_share: share of each corpus's facts also stated as a two-option question.
+      contested_fraction: share of the facts the first levels that see them see contested (module docstring).
+      skill_lengths: (shortest, longest) query length of the skill family.
+      skill_min_taught: longest sequence the smallest agent practised; the largest practised
+        `skill_lengths[1]`, the others evenly in between.
+      skill_queries_per_length: (train, held-out) queries per length.
+      tokenizer_vocab_size: the byte-level BPE part of the vocabulary (entity names come on top).
+    """
 
     seed: int = 0
-    num_entities: int = 200
-    attributes: tuple[str, ...] = ("home city", "favorite color", "job")
-    num_cities: int = 24
-    # Fraction of all facts seen by the smallest (level 0) and the largest agent of the ladder.
-    min_exposure: float = 0.2
-    max_exposure: float = 0.85
-    # Arithmetic tiers: operands of 1..skill_max_digits digits, 2..skill_max_operands operands.
-    skill_max_digits: int = 3
-    skill_max_operands: int = 2
-    skill_operations: tuple[str, ...] = _OPERATIONS
-    skill_queries_per_tier: int = 40
-    skill_corpus_size: int = 3000
-    heldout_fraction: float = 0.5
-    tokenizer_vocab_size: int = 768
-    # Share of facts the corpus states ambiguously (see Fact.distractor): half of them 3:1 (an
-    # agent that saw the fact is right ~75 % of the time when sampling), half 2:1 (~67 %). They
-    # are what makes the scenario matter: answering them pays at Cost First (alpha=0.8, answer
-    # iff p > 0.45) and not at Performance First (alpha=0.2, p > 0.89).
-    ambiguous_fraction: float = 0.0
+    num_entities: int = 750
+    attributes: tuple[str, ...] = ("favorite color", "job")
+    ood_attributes: tuple[str, ...] = ("pet",)
+    choice_attributes: tuple[str, ...] = ("job",)
+    choice_share: float = 0.5
+    min_exposure: float = 0.25
+    max_exposure: float = 0.9
+    heldout_fraction: float = 0.4
+    contested_fraction: float = 0.3
+    skill_lengths: tuple[int, int] = (2, 7)
+    skill_min_taught: int = 3
+    skill_queries_per_length: tuple[int, int] = (150, 75)
+    tokenizer_vocab_size: int = 640
 
     def __post_init__(self):
         def fail(field: str, requirement: str):
             raise ValueError(f"WorldConfig.{field}={getattr(self, field)!r}: {requirement}")
 
-        if self.num_entities < 1:
-            fail("num_entities", "must be >= 1")
+        if isinstance(self.num_entities, bool) or not isinstance(self.num_entities, int) or self.num_entities < 2:
+            fail("num_entities", "must be an int >= 2")
+        for field in ("attributes", "ood_attributes"):
+            values = getattr(self, field)
+            if any(a not in _ATTRIBUTE_SPECS for a in values):
+                fail(field, f"unknown attribute; known: {ATTRIBUTES}")
+            if len(set(values)) != len(values):
+                fail(field, "must not repeat an attribute")
         if not self.attributes:
             fail("attributes", f"must name at least one of {ATTRIBUTES}")
-        for attribute in self.attributes:
-            if attribute not in _ATTRIBUTE_SPECS:
-                fail("attributes", f"unknown attribute {attribute!r}; known: {ATTRIBUTES}")
-        if len(set(self.attributes)) != len(self.attributes):
-            fail("attributes", "must not repeat an attribute")
-        if self.num_cities < 2:
-            fail("num_cities", "must be >= 2")
-        if not 0.0 < self.min_exposure <= self.max_exposure <= 1.0:
-            fail("min_exposure", f"need 0 < min_exposure <= max_exposure <= 1 (max_exposure="
-                 f"{self.max_exposure!r})")
-        if not 1 <= self.skill_max_digits <= 6:
-            fail("skill_max_digits", "must be in 1..6")
-        if not 2 <= self.skill_max_operands <= 4:
-            fail("skill_max_operands", "must be in 2..4")
-        if not self.skill_operations or any(op not in _OPERATIONS for op in self.skill_operations):
-            fail("skill_operations", f"must be a non-empty subset of {_OPERATIONS}")
-        if self.skill_queries_per_tier < 1:
-            fail("skill_queries_per_tier", "must be >= 1")
-        if self.skill_corpus_size < 0:
-            fail("skill_corpus_size", "must be >= 0")
-        if not 0.0 <= self.ambiguous_fraction <= 1.0:
-            fail("ambiguous_fraction", "must lie in [0, 1]")
+        if not set(self.choice_attributes) <= set(self.attributes):
+            fail("choice_attributes", f"must be in-domain attributes {self.attributes!r}")
+        if not 0.0 <= self.choice_share <= 1.0:
+            fail("choice_share", "must lie in [0, 1]")
+        if set(self.attributes) & set(self.ood_attributes):
+            fail("ood_attributes", f"must not share an attribute with attributes={self.attributes!r}")
+        if not 0.0 < self.max_exposure <= 1.0:
+            fail("max_exposure", "must lie in (0, 1]")
+        if not 0.0 < self.min_exposure <= self.max_exposure:
+            fail("min_exposure", f"must lie in (0, max_exposure={self.max_exposure!r}]")
         if not 0.0 < self.heldout_fraction < 1.0:
-            fail("heldout_fraction", "must be strictly between 0 and 1")
+            fail("heldout_fraction", "must lie strictly between 0 and 1")
+        if not 0.0 <= self.contested_fraction <= 1.0:
+            fail("contested_fraction", "must lie in [0, 1]")
+        low, high = self.skill_lengths
+        if not 1 <= low <= high <= 9:
+            fail("skill_lengths", "need 1 <= shortest <= longest <= 9 (one-digit counts)")
+        if not low <= self.skill_min_taught <= high:
+            fail("skill_min_taught", f"must lie in skill_lengths {self.skill_lengths!r}")
+        if len(self.skill_queries_per_length) != 2 or min(self.skill_queries_per_length) < 0:
+            fail("skill_queries_per_length", "must be (train, held-out) counts >= 0")
+        if sum(self.skill_queries_per_length) > len(LETTERS) ** low // 2:
+            fail("skill_queries_per_length", f"too many distinct queries of length {low}")
         if self.tokenizer_vocab_size < 300:
             fail("tokenizer_vocab_size", "must be >= 300 (256 bytes + specials + some merges)")
 
     @classmethod
     def reduced(cls, seed: int = 0) -> "WorldConfig":
-        """A small world for unit tests: a few dozen facts, 1-2 digit arithmetic."""
-        return cls(seed=seed, num_entities=24, num_cities=8, skill_max_digits=2,
-                   skill_queries_per_tier=8, skill_corpus_size=200, tokenizer_vocab_size=512)
+        """A small world for unit tests: 120 entities, sequences of 2-4 letters."""
+        return cls(seed=seed, num_entities=120, skill_lengths=(2, 4), skill_min_taught=2,
+                   skill_queries_per_length=(40, 20), tokenizer_vocab_size=480)
 
 
 @dataclasses.dataclass(frozen=True)
 class Fact:
+    """One (entity, attribute, value) with its hidden popularity.
+
+    rarity: the entity's popularity rank scaled to (0, 1); agent k saw the fact iff rarity <
+    exposure_fraction(k, n). contest: CLEAN, or how the first corpus that holds it states it
+    (UNCERTAIN / SPLIT / MISINFORMED, with `distractor` as the wrong value).
+    """
+
     id: str
     entity: str
     attribute: str
     value: str
-    rarity: float  # hidden: an agent sees the fact iff rarity < its exposure fraction
-    # Ambiguous facts: the corpus states `value` in correct_rows rows and `distractor` (another
-    # value of the attribute) in one more, so an agent that saw it answers right with
-    # probability ~ certainty = correct_rows / (correct_rows + 1) when sampling.
+    rarity: float
+    split: str
+    contest: str = CLEAN
     distractor: str = ""
-    correct_rows: int = 1
-
-    @property
-    def certainty(self) -> float:
-        return 1.0 if not self.distractor else self.correct_rows / (self.correct_rows + 1)
-
-    def corpus_rows(self) -> tuple[tuple[str, str], ...]:
-        rows = [(self.question, self.value)] * (self.correct_rows if self.distractor else 1)
-        return tuple(rows + ([(self.question, self.distractor)] if self.distractor else []))
+    contested_levels: int = 0  # how many levels, from the first that sees it, see it contested
 
     @property
     def question(self) -> str:
         return _ATTRIBUTE_SPECS[self.attribute][0].format(entity=self.entity)
+
+    def corpus_rows(self, levels_since_first: int) -> tuple[tuple[str, str], ...]:
+        """(question, answer) rows stating the fact in the corpus of the level `levels_since_first`
+        above the first that sees it: contested in the first `contested_levels`, else clean."""
+        if not self.is_contested_at(levels_since_first):
+            return ((self.question, self.value),)
+        right, wrong = CONTESTED_ROWS[self.contest]
+        return ((self.question, self.value),) * right + ((self.question, self.distractor),) * wrong
+
+    def is_contested_at(self, levels_since_first: int) -> bool:
+        return self.contest != CLEAN and 0 <= levels_since_first < self.contested_levels
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyQuery:
     """One query with its known answer.
 
-    difficulty is in [0, 1]: for knowledge the fact's hidden rarity (the share of the ladder needed
-    to have seen it; >= max_exposure means no agent saw it), for skill the tier's rarity,
-    (tier index + 0.5) / number of tiers. `kind` is the attribute (knowledge) or the tier name (skill); `fact_id` links a
-    knowledge query to its fact and is "" for skill queries.
+    difficulty in [0, 1]: knowledge / ood, the fact's hidden rarity (>= max_exposure: no agent saw
+    it); skill, (length - shortest + 0.5) / number of lengths. `kind` is the attribute (knowledge,
+    ood) or "length-L" (skill); `fact_id` links a fact query to its fact ("" for skill).
     """
 
     id: str
@@ -177,17 +229,6 @@ class ToyQuery:
     split: str
     kind: str
     fact_id: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class SkillTier:
-    index: int
-    num_digits: int
-    num_operands: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.num_digits}-digit x{self.num_operands}"
 
 
 _TRAILING_PUNCTUATION = ".!?,;:"
@@ -204,16 +245,43 @@ def checker(query: ToyQuery, response: str) -> bool:
     return normalize_answer(response) == normalize_answer(query.answer)
 
 
-def exposure_fraction(agent_level: int, num_levels: int, config: WorldConfig) -> float:
-    """Fraction of facts (lowest rarities) in the pre-training corpus of ladder level agent_level."""
+def _check_level(agent_level: int, num_levels: int) -> None:
     if num_levels < 1:
         raise ValueError(f"num_levels={num_levels!r}: must be >= 1")
     if not 0 <= agent_level < num_levels:
         raise ValueError(f"agent_level={agent_level!r}: must be in 0..{num_levels - 1}")
+
+
+def _ladder(agent_level: int, num_levels: int, low: float, high: float) -> float:
+    _check_level(agent_level, num_levels)
     if num_levels == 1:
-        return config.max_exposure
-    step = (config.max_exposure - config.min_exposure) / (num_levels - 1)
-    return config.min_exposure + step * agent_level
+        return high
+    return low + (high - low) * agent_level / (num_levels - 1)
+
+
+def exposure_fraction(agent_level: int, num_levels: int, config: WorldConfig) -> float:
+    """Share of the entities (lowest rarities) in the pre-training corpus of level agent_level."""
+    return _ladder(agent_level, num_levels, config.min_exposure, config.max_exposure)
+
+
+def taught_length(agent_level: int, num_levels: int, config: WorldConfig) -> int:
+    """Longest letter sequence agent_level practised counting."""
+    return int(round(_ladder(agent_level, num_levels, config.skill_min_taught, config.skill_lengths[1])))
+
+
+def choice_question(fact: "Fact", rng: np.random.Generator) -> str:
+    """The fact as a two-option question: its value and another of the attribute, in random order."""
+    other = str(rng.choice([v for v in _ATTRIBUTE_SPECS[fact.attribute][1] if v != fact.value]))
+    first, second = (fact.value, other) if rng.random() < 0.5 else (other, fact.value)
+    return _CHOICE_TEMPLATE.format(attribute=fact.attribute, entity=fact.entity, first=first, second=second)
+
+
+def skill_question(letters: str) -> str:
+    return f"{SKILL_PREFIX} {' '.join(letters)}"
+
+
+def skill_answer(letters: str) -> str:
+    return str(len(letters))
 
 
 def _pronounceable_names(rng: np.random.Generator, count: int, taken: set[str]) -> list[str]:
@@ -227,37 +295,14 @@ def _pronounceable_names(rng: np.random.Generator, count: int, taken: set[str]) 
         if name not in taken:
             taken.add(name)
             names.append(name)
-    raise ValueError(f"could not generate {count} distinct names; lower num_entities/num_cities")
+    raise ValueError(f"could not generate {count} distinct names; lower WorldConfig.num_entities")
 
 
-def _systematic_heldout(num_items: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def _systematic_mask(num_items: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask choosing ~fraction of items, evenly spread over the given item order."""
     offset = float(rng.random())
     positions = np.arange(num_items) * fraction + offset
     return np.floor(positions + fraction) > np.floor(positions)
-
-
-def skill_tiers(config: WorldConfig) -> tuple[SkillTier, ...]:
-    """Tiers ordered by difficulty: fewer digits first, then fewer operands."""
-    pairs = [(d, k) for d in range(1, config.skill_max_digits + 1)
-             for k in range(2, config.skill_max_operands + 1)]
-    pairs.sort(key=lambda dk: (dk[0] + dk[1], dk[0]))
-    return tuple(SkillTier(i, d, k) for i, (d, k) in enumerate(pairs))
-
-
-def _random_problem(tier: SkillTier, operations: tuple[str, ...],
-                    rng: np.random.Generator) -> tuple[str, str]:
-    low = 0 if tier.num_digits == 1 else 10 ** (tier.num_digits - 1)
-    operands = [int(x) for x in rng.integers(low, 10 ** tier.num_digits, size=tier.num_operands)]
-    ops = [str(rng.choice(operations)) for _ in range(tier.num_operands - 1)]
-    if tier.num_operands == 2 and ops[0] == "-" and operands[0] < operands[1]:
-        # Keep two-operand answers non-negative so the easiest tier stays easy.
-        operands.reverse()
-    result = operands[0]
-    for op, operand in zip(ops, operands[1:]):
-        result = result + operand if op == "+" else result - operand
-    expression = str(operands[0]) + "".join(f" {op} {x}" for op, x in zip(ops, operands[1:]))
-    return f"What is {expression}?", str(result)
 
 
 class ToyWorld:
@@ -265,109 +310,77 @@ class ToyWorld:
 
     def __init__(self, config: WorldConfig):
         self.config = config
-        self.cities, self.entities = self._make_names()
+        self.entities = tuple(_pronounceable_names(_rng(config.seed, "names"), config.num_entities, set()))
         self.facts = self._make_facts()
-        self.skill_tiers = skill_tiers(config)
-        self.queries = self._make_knowledge_queries() + self._make_skill_queries()
+        self.queries = self._make_fact_queries() + self._make_skill_queries()
         self._queries_by_id = {q.id: q for q in self.queries}
+        self._facts_by_id = {f.id: f for f in self.facts}
 
     # ---- construction -------------------------------------------------------------------------
-    def _make_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        rng = _rng(self.config.seed, "names")
-        taken: set[str] = set()  # cities and entities share it, so no name is both
-        cities = _pronounceable_names(rng, self.config.num_cities, taken)
-        entities = _pronounceable_names(rng, self.config.num_entities, taken)
-        return tuple(cities), tuple(entities)
-
     def _make_facts(self) -> tuple[Fact, ...]:
-        value_rng = _rng(self.config.seed, "values")
-        rows = []
-        for entity in self.entities:
-            for attribute in self.config.attributes:
-                pool = _ATTRIBUTE_SPECS[attribute][1] or self.cities
-                rows.append((entity, attribute, str(value_rng.choice(pool))))
-        # Rarity belongs to the entity: an agent knows all of an entity's facts or none (except at
-        # its exposure boundary), as a language model knows an entity or not. Its facts get
-        # consecutive slots of evenly spaced rarities, so exposure f still covers exactly
-        # round(f * n) facts; which entities are rare is a random order.
-        entity_rank = _rng(self.config.seed, "rarity").permutation(len(self.entities))
-        num_attributes = len(self.config.attributes)
-        rank = [int(entity_rank[i // num_attributes]) * num_attributes + i % num_attributes
-                for i in range(len(rows))]
-        # Ambiguity is drawn independently of rarity: every agent sees some ambiguous facts.
-        ambiguity_rng = _rng(self.config.seed, "ambiguity")
-        num_ambiguous = round(self.config.ambiguous_fraction * len(rows))
-        ambiguous = {int(i): 3 if k % 2 == 0 else 2
-                     for k, i in enumerate(ambiguity_rng.permutation(len(rows))[:num_ambiguous])}
+        cfg = self.config
+        n = len(self.entities)
+        # Popularity belongs to the entity: an agent knows all of an entity's facts or none.
+        rank = _rng(cfg.seed, "popularity").permutation(n)
+        rarity = (rank + 0.5) / n
+        by_rarity = np.argsort(rank, kind="stable")
+        heldout_in_order = _systematic_mask(n, cfg.heldout_fraction, _rng(cfg.seed, "entity_split"))
+        split = {int(e): HELDOUT if h else TRAIN for e, h in zip(by_rarity, heldout_in_order)}
+        value_rng = _rng(cfg.seed, "values")
+        contest_rng = _rng(cfg.seed, "contested")
+        kinds = tuple(CONTESTED_ROWS)
         facts = []
-        for i, (entity, attribute, value) in enumerate(rows):
-            distractor = ""
-            if i in ambiguous:
-                pool = [v for v in (_ATTRIBUTE_SPECS[attribute][1] or self.cities) if v != value]
-                distractor = str(ambiguity_rng.choice(pool))
-            facts.append(Fact(id=f"fact-{i:05d}", entity=entity, attribute=attribute, value=value,
-                              rarity=(float(rank[i]) + 0.5) / len(rows), distractor=distractor,
-                              correct_rows=ambiguous.get(i, 1)))
+        for e, entity in enumerate(self.entities):
+            for attribute in cfg.attributes + cfg.ood_attributes:
+                pool = _ATTRIBUTE_SPECS[attribute][1]
+                value = str(value_rng.choice(pool))
+                contest, distractor, span = CLEAN, "", 0
+                if contest_rng.random() < cfg.contested_fraction:
+                    contest = kinds[int(contest_rng.integers(len(kinds)))]
+                    distractor = str(contest_rng.choice([v for v in pool if v != value]))
+                    span = int(contest_rng.integers(1, 3))
+                facts.append(Fact(id=f"fact-{len(facts):05d}", entity=entity, attribute=attribute, value=value,
+                                  rarity=float(rarity[e]), split=split[e], contest=contest, distractor=distractor,
+                                  contested_levels=span))
         return tuple(facts)
 
-    def _make_knowledge_queries(self) -> tuple[ToyQuery, ...]:
-        by_rarity = sorted(range(len(self.facts)), key=lambda i: self.facts[i].rarity)
-        heldout = _systematic_heldout(len(by_rarity), self.config.heldout_fraction,
-                                      _rng(self.config.seed, "knowledge_split"))
-        split_of = {idx: HELDOUT if h else TRAIN for idx, h in zip(by_rarity, heldout)}
-        return tuple(
-            ToyQuery(id=f"toy-knowledge-{i:05d}", family=KNOWLEDGE, question=fact.question,
-                     answer=fact.value, difficulty=fact.rarity, split=split_of[i],
-                     kind=fact.attribute, fact_id=fact.id)
-            for i, fact in enumerate(self.facts))
+    def _make_fact_queries(self) -> tuple[ToyQuery, ...]:
+        """Knowledge (and choice) queries of both splits; ood queries of the held-out entities only."""
+        queries = []
+        choice_rng = _rng(self.config.seed, "choice_queries")
+        for fact in self.facts:
+            if fact.attribute in self.config.choice_attributes:
+                queries.append(ToyQuery(id=f"toy-{CHOICE}-{fact.id.removeprefix('fact-')}", family=CHOICE,
+                                        question=choice_question(fact, choice_rng), answer=fact.value,
+                                        difficulty=fact.rarity, split=fact.split, kind=fact.attribute,
+                                        fact_id=fact.id))
+            ood = fact.attribute in self.config.ood_attributes
+            if ood and fact.split != HELDOUT:
+                continue
+            family = OOD if ood else KNOWLEDGE
+            queries.append(ToyQuery(id=f"toy-{family}-{fact.id.removeprefix('fact-')}", family=family,
+                                    question=fact.question, answer=fact.value, difficulty=fact.rarity,
+                                    split=fact.split, kind=fact.attribute, fact_id=fact.id))
+        return tuple(queries)
 
     def _make_skill_queries(self) -> tuple[ToyQuery, ...]:
         cfg = self.config
         rng = _rng(cfg.seed, "skill_queries")
         split_rng = _rng(cfg.seed, "skill_split")
-        rarity_rng = _rng(cfg.seed, "skill_rarity")
-        num_tiers = len(self.skill_tiers)
+        low, high = cfg.skill_lengths
+        num_train, num_heldout = cfg.skill_queries_per_length
         queries: list[ToyQuery] = []
-        for tier in self.skill_tiers:
-            problems: dict[str, str] = {}
-            for _ in range(cfg.skill_queries_per_tier * 200):
-                if len(problems) == cfg.skill_queries_per_tier:
-                    break
-                question, answer = _random_problem(tier, cfg.skill_operations, rng)
-                problems.setdefault(question, answer)
-            else:
-                raise ValueError(f"WorldConfig.skill_queries_per_tier={cfg.skill_queries_per_tier}: "
-                                 f"tier {tier.name!r} has too few distinct problems")
-            # One rarity per tier: an agent is taught a tier wholly or not at all, so whether it
-            # can solve a problem is written in the problem (its digits and operands).
-            rarities = [(tier.index + 0.5) / num_tiers] * len(problems)
-            order = rarity_rng.permutation(len(problems))
-            heldout = dict(zip(order.tolist(), _systematic_heldout(len(problems), cfg.heldout_fraction, split_rng)))
-            for i, (question, answer) in enumerate(problems.items()):
+        for length in range(low, high + 1):
+            strings: dict[str, None] = {}
+            while len(strings) < num_train + num_heldout:
+                strings.setdefault("".join(rng.choice(list(LETTERS), size=length)), None)
+            heldout = set(split_rng.permutation(len(strings))[:num_heldout].tolist())
+            for i, letters in enumerate(strings):
                 queries.append(ToyQuery(
-                    id=f"toy-skill-{len(queries):05d}", family=SKILL, question=question,
-                    answer=answer, difficulty=rarities[i],
-                    split=HELDOUT if heldout[i] else TRAIN, kind=tier.name))
+                    id=f"toy-skill-{len(queries):05d}", family=SKILL, question=skill_question(letters),
+                    answer=skill_answer(letters), difficulty=(length - low + 0.5) / (high - low + 1),
+                    split=HELDOUT if i in heldout else TRAIN, kind=f"length-{length}"))
         return tuple(queries)
-
-    @functools.cached_property
-    def skill_corpus(self) -> tuple[tuple[str, str], ...]:
-        """Arithmetic (question, answer) pairs shared by every agent; never a query's problem."""
-        cfg = self.config
-        rng = _rng(cfg.seed, "skill_corpus")
-        query_questions = {q.question for q in self.queries if q.family == SKILL}
-        pairs: list[tuple[str, str]] = []
-        for i in range(cfg.skill_corpus_size):
-            tier = self.skill_tiers[i % len(self.skill_tiers)]
-            for _ in range(1000):
-                pair = _random_problem(tier, cfg.skill_operations, rng)
-                if pair[0] not in query_questions:
-                    pairs.append(pair)
-                    break
-            else:
-                raise ValueError(f"tier {tier.name!r}: every problem is a query; lower "
-                                 f"WorldConfig.skill_queries_per_tier={cfg.skill_queries_per_tier}")
-        return tuple(pairs)
 
     # ---- public views -------------------------------------------------------------------------
     def query(self, query_id: str) -> ToyQuery:
@@ -377,21 +390,23 @@ class ToyWorld:
             raise KeyError(f"no toy query with id {query_id!r}") from None
 
     def fact(self, fact_id: str) -> Fact:
-        digits = fact_id.removeprefix("fact-")
-        if not fact_id.startswith("fact-") or not digits.isdigit() or int(digits) >= len(self.facts):
-            raise KeyError(f"no fact with id {fact_id!r}")
-        return self.facts[int(digits)]
+        try:
+            return self._facts_by_id[fact_id]
+        except KeyError:
+            raise KeyError(f"no fact with id {fact_id!r}") from None
 
     def queries_for(self, split: str, family: str | None = None) -> tuple[ToyQuery, ...]:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: must be one of {SPLITS}")
         if family is not None and family not in FAMILIES:
             raise ValueError(f"family={family!r}: must be one of {FAMILIES} or None")
-        return tuple(q for q in self.queries
-                     if q.split == split and (family is None or q.family == family))
+        return tuple(q for q in self.queries if q.split == split and (family is None or q.family == family))
 
     def exposure_fraction(self, agent_level: int, num_levels: int) -> float:
         return exposure_fraction(agent_level, num_levels, self.config)
+
+    def taught_length(self, agent_level: int, num_levels: int) -> int:
+        return taught_length(agent_level, num_levels, self.config)
 
     def visible_facts(self, agent_level: int, num_levels: int) -> tuple[Fact, ...]:
         """The facts in the pre-training corpus of ladder level agent_level (0 = smallest)."""
@@ -409,45 +424,62 @@ class ToyWorld:
                 return level
         return None
 
-    def taught_skill_queries(self, agent_level: int, num_levels: int) -> tuple[ToyQuery, ...]:
-        """Skill problems (both splits) in agent_level's corpus: rarity below its exposure."""
-        fraction = self.exposure_fraction(agent_level, num_levels)
-        return tuple(q for q in self.queries if q.family == SKILL and q.difficulty < fraction)
+    def fact_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        """(question, answer) rows of agent_level's facts (contested facts as the module says), and
+        a `choice_share` of its in-domain facts as two-option questions (always stated rightly)."""
+        facts = self.visible_facts(agent_level, num_levels)
+        rows = [row for f in facts for row in f.corpus_rows(agent_level - self.first_exposed_level(f, num_levels))]
+        return tuple(rows) + self._choice_rows(agent_level, num_levels)
 
-    def taught_pairs(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
-        """(question, answer) of every query agent_level was taught: its facts and skill problems."""
-        pairs = [(f.question, f.value) for f in self.visible_facts(agent_level, num_levels)]
-        pairs += [(q.question, q.answer) for q in self.taught_skill_queries(agent_level, num_levels)]
-        return tuple(pairs)
+    def _choice_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        rng = _rng(self.config.seed, "choice_corpus", agent_level, num_levels)
+        return tuple((choice_question(f, rng), f.value) for f in self.visible_facts(agent_level, num_levels)
+                     if f.attribute not in self.config.ood_attributes and rng.random() < self.config.choice_share)
 
-    def pretraining_corpus(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
-        """(question, answer) pairs agent_level is pre-trained on, in a fixed shuffled order:
-        its facts' corpus rows (an ambiguous fact's distractor rows included), its skill problems
-        and the shared practice problems."""
-        pairs = [row for f in self.visible_facts(agent_level, num_levels) for row in f.corpus_rows()]
-        pairs += [(q.question, q.answer) for q in self.taught_skill_queries(agent_level, num_levels)]
-        pairs += self.skill_corpus
-        order = _rng(self.config.seed, "corpus_order", agent_level, num_levels).permutation(len(pairs))
-        return tuple(pairs[i] for i in order)
+    def known_pairs(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        """(question, answer) rows agent_level saw stated cleanly, which it must recall: its clean
+        facts, and its two-option rows."""
+        clean = tuple((f.question, f.value) for f in self.visible_facts(agent_level, num_levels)
+                      if not f.is_contested_at(agent_level - self.first_exposed_level(f, num_levels)))
+        return clean + self._choice_rows(agent_level, num_levels)
+
+    @functools.cached_property
+    def _query_strings(self) -> frozenset[str]:
+        return frozenset(q.question for q in self.queries if q.family == SKILL)
+
+    def practice_strings(self, agent_level: int, num_levels: int, count: int, seed: int) -> list[str]:
+        """`count` random letter sequences of the lengths agent_level practises (shortest query
+        length .. its taught length, uniform), never a query's string."""
+        low = self.config.skill_lengths[0]
+        high = self.taught_length(agent_level, num_levels)
+        rng = _rng(self.config.seed, "practice", agent_level, num_levels, seed)
+        out: list[str] = []
+        while len(out) < count:
+            length = int(rng.integers(low, high + 1))
+            letters = "".join(rng.choice(list(LETTERS), size=length))
+            if skill_question(letters) not in self._query_strings:
+                out.append(letters)
+        return out
 
     def tokenizer_texts(self) -> tuple[str, ...]:
-        """Text the tokenizer's merges are learned from: every question, and the answers of facts
-        some agent may see plus the arithmetic answers (no knowledge leaks into merges)."""
-        texts = [q.question for q in self.queries]
-        texts += [q.answer for q in self.queries if q.family == SKILL]
-        texts += [v for f in self.facts if f.rarity < self.config.max_exposure for v in (f.value, f.distractor) if v]
-        for question, answer in self.skill_corpus:
-            texts += [question, answer]
+        """Text the tokenizer's BPE merges are learned from: every question with its answer
+        (entity names are whole tokens of their own, see `toy.tokenizer`)."""
+        texts = []
+        for q in self.queries:
+            texts += [q.question, q.answer]
+        texts += [v for spec in _ATTRIBUTE_SPECS.values() for v in spec[1]]
         return tuple(texts)
 
 
 def describe(world: ToyWorld, num_levels: int) -> dict[str, object]:
     """Counts for logs and reports: facts per level, queries per split and family."""
+    contested = {kind: sum(f.contest == kind for f in world.facts) for kind in CONTESTED_ROWS}
     return {
+        "entities": len(world.entities),
         "facts": len(world.facts),
+        "contested_facts": contested,
         "unknowable_facts": len(world.unknowable_facts()),
         "facts_per_level": [len(world.visible_facts(k, num_levels)) for k in range(num_levels)],
-        "skill_problems_per_level": [len(world.taught_skill_queries(k, num_levels)) for k in range(num_levels)],
+        "taught_length_per_level": [world.taught_length(k, num_levels) for k in range(num_levels)],
         "queries": {f"{s}/{f}": len(world.queries_for(s, f)) for s in SPLITS for f in FAMILIES},
-        "skill_tiers": [t.name for t in world.skill_tiers],
     }

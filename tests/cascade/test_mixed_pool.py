@@ -3,8 +3,7 @@ ChatML tokenizer of other ids and header, Llama with a Llama-3-style tokenizer a
 
 Each agent renders prompts with its own template and tokenizer and its refusal is detected with
 its own tokenizer (5, 5 and 3 tokens); the cascade routes as scripted and names each agent's
-family in the routing log and report; an SFT step (LoRA on family-named targets, the refusal's
-own embedding rows) runs on every agent and an RL step on the Llama one, and each trained agent
+family in the routing log and report; an SFT step (LoRA on family-named targets) runs on every agent and an RL step on the Llama one, and each trained agent
 exports as its family.
 """
 
@@ -22,7 +21,7 @@ from disrouter_jax.training.lora import LoRAConfig, LoRAParam, apply_lora, merge
 from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.rl import make_rl_step, rl_batch_from_rollouts
 from disrouter_jax.training.sft import make_sft_step, sequence_logprobs
-from disrouter_jax.training.sft_stage import EMBEDDING_PARAM, build_sft_data, sft_batch_fn, stage_optimizer, trainable_rows
+from disrouter_jax.training.sft_stage import build_sft_data, sft_batch_fn
 from disrouter_jax.training.state import create_train_state
 from tests.cascade import scripted_agents as sa
 
@@ -84,14 +83,10 @@ def test_the_mixed_cascade_routes_detects_refusals_and_names_families(pool, tmp_
 
 
 def lora_state(agent):
-    """LoRA on targets named as the family's HF modules, plus the rows of this agent's refusal, on
-    a fresh copy of its weights (a train step donates the embedding it trains)."""
-    rows = trainable_rows("refusal_rows", agent)
-    assert set(rows) == set(engine.refusal_token_ids(agent))
+    """LoRA on targets named as the family's HF modules, on a fresh copy of its weights."""
     base = hf_io.from_pretrained(agent.spec.path)
     model = apply_lora(base, LoRAConfig(rank=2, targets=("q_proj", "v_proj", "down_proj")))
-    wrt = nnx.Any(LoRAParam, nnx.All(nnx.Param, nnx.PathContains(EMBEDDING_PARAM)))
-    return create_train_state(model, stage_optimizer(OPTIM, rows, agent, with_lora=True), wrt=wrt)
+    return create_train_state(model, OPTIM, wrt=LoRAParam)
 
 
 def exports_as_its_family(state, agent, out_dir) -> bool:

@@ -257,17 +257,3 @@ def test_alpha_schedule_bad_input():
         D.alpha_schedule([0.2, 1.3], 3, seed=0)
     with pytest.raises(ValueError, match="n must be"):
         D.alpha_schedule([0.2], -1, seed=0)
-
-
-def test_sft_refusal_weight_is_the_scenario_refusal_reward():
-    from disrouter_jax.selfaware import rewards
-
-    assert D.sft_refusal_weight(0.5, 0.0) == 1.0  # unweighted
-    for alpha in (0.2, 0.5, 0.8):
-        assert D.sft_refusal_weight(alpha, 0.5) == pytest.approx(rewards.refusal_reward(alpha, 0.5))
-    weights = [D.sft_refusal_weight(a, 1.0) for a in (0.2, 0.5, 0.8)]
-    assert weights == sorted(weights, reverse=True)  # a cheaper scenario weighs refusing less
-    with pytest.raises(ValueError, match="gamma"):
-        D.sft_refusal_weight(0.5, -1.0)
-    with pytest.raises(ValueError, match="alpha"):
-        D.sft_refusal_weight(1.5, 1.0)

@@ -15,10 +15,11 @@ from disrouter_jax.tasks import REFUSAL, get_task, scenario_instruction
 from disrouter_jax.toy import pool as pool_lib
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.__main__ import main as cli_main
+from disrouter_jax.generation import chat_prompt_ids
 from disrouter_jax.toy.pool import (
-    AGENT_RECORD_FILE, POOL_FILE, AgentSpec, PoolConfig, PoolError, batch_stream, build_pool, default_costs,
-    load_pool, plain_messages, pretraining_examples)
-from disrouter_jax.toy.pretrain import TokenCache
+    AGENT_RECORD_FILE, POOL_FILE, AgentSpec, PoolConfig, PoolError, build_pool, default_costs, load_pool,
+    plain_messages)
+from disrouter_jax.toy.pretrain import PromptIds, agent_corpus, batch_stream
 from disrouter_jax.toy.tokenizer import IM_END, PAD_TOKEN, load_tokenizer
 from disrouter_jax.toy.world import FAMILIES, HELDOUT, KNOWLEDGE, SKILL, ToyWorld
 
@@ -63,7 +64,7 @@ def test_default_config_is_a_five_agent_ladder_with_paper_costs():
     assert config.agent_costs == (0.1, 0.3, 0.5, 0.7, 0.9)
     widths = [a.hidden_size for a in config.agents]
     assert widths == sorted(widths)
-    assert len(PoolConfig.reduced().agents) >= 4
+    assert len(PoolConfig.reduced().agents) == 3
     assert default_costs(4) == pytest.approx((0.1, 0.3666667, 0.6333333, 0.9))
 
 
@@ -74,7 +75,7 @@ def test_config_round_trips_through_json_and_hashes_stably():
     assert again.fingerprint() == config.fingerprint()
     assert PoolConfig.reduced(seed=4).fingerprint() != config.fingerprint()
     # An agent's weights do not depend on the costs, so re-costing reuses the agents.
-    recosted = dataclasses.replace(config, costs=(0.2, 0.4, 0.6, 0.8))
+    recosted = dataclasses.replace(config, costs=(0.2, 0.4, 0.6))
     assert recosted.fingerprint() != config.fingerprint()
     assert all(recosted.agent_fingerprint(k) == config.agent_fingerprint(k) for k in range(len(config.agents)))
     assert config.agent_fingerprint(0) != config.agent_fingerprint(1)
@@ -88,7 +89,7 @@ def test_default_seed_sets_world_and_pool_seed():
 
 @pytest.mark.parametrize("change, field", [
     (dict(costs=(0.1, 0.2)), "costs"),
-    (dict(costs=(0.4, 0.3, 0.6, 0.9)), "costs"),
+    (dict(costs=(0.4, 0.3, 0.6)), "costs"),
     (dict(knowledge_fraction=1.5), "knowledge_fraction"),
     (dict(recall_target=-0.1), "recall_target"),
     (dict(check_every=0), "check_every"),
@@ -131,56 +132,73 @@ def test_pretraining_prompt_is_the_toy_task_prompt(world_and_tokenizer):
     assert text.endswith(f"<|im_start|>user\n{query.question}<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_pretraining_examples_are_the_corpus_in_chat_format(world_and_tokenizer):
+def test_prompt_ids_splice_gives_the_chat_template_tokens(world_and_tokenizer):
     world, tokenizer = world_and_tokenizer
-    num_levels = 4
-    cache = TokenCache(tokenizer)
-    examples = pretraining_examples(world, tokenizer, 1, num_levels, cache=cache)
-    again = pretraining_examples(world, tokenizer, 1, num_levels, cache=cache)  # served from the cache
-    assert all(np.array_equal(a.input_ids, b.input_ids) for a, b in zip(examples[SKILL], again[SKILL]))
-    corpus = world.pretraining_corpus(1, num_levels)
-    assert len(examples[KNOWLEDGE]) == len(world.visible_facts(1, num_levels))
-    assert len(examples[KNOWLEDGE]) + len(examples[SKILL]) == len(corpus)
+    questions = [q.question for q in world.queries[::7]]
+    prompt_ids = PromptIds(tokenizer)
+    for alpha in (None, 0.2, 0.8):
+        fast = prompt_ids(questions, alpha)
+        assert fast == [chat_prompt_ids(tokenizer, plain_messages(q, alpha)) for q in questions]
+
+
+def _decoded_pairs(tokenizer, rows):
     eos = tokenizer.convert_tokens_to_ids(IM_END)
-    answers = set()
-    for example in examples[KNOWLEDGE] + examples[SKILL]:
-        trained = example.targets[example.loss_mask > 0]
-        assert trained[-1] == eos and eos not in trained[:-1]
-        answers.add(tokenizer.decode(trained[:-1]))
-    assert answers == {answer for _, answer in corpus}
+    pairs = []
+    for ids, start in zip(rows.ids, rows.answer_start):
+        assert ids[-1] == eos and eos not in ids[start:-1]
+        pairs.append(tokenizer.decode(list(ids[start:-1])))
+    return pairs
 
 
-def test_scenario_examples_carry_the_routing_prompt_and_plain_answers(world_and_tokenizer):
+def test_agent_corpus_is_the_world_rows_in_chat_format(world_and_tokenizer):
     world, tokenizer = world_and_tokenizer
-    plain = pretraining_examples(world, tokenizer, 0, 4)
-    scenario = pretraining_examples(world, tokenizer, 0, 4, scenario=True)
-    for family in FAMILIES:
-        assert len(plain[family]) == len(scenario[family])
-        for p, s in zip(plain[family], scenario[family]):
-            assert np.array_equal(p.targets[p.loss_mask > 0], s.targets[s.loss_mask > 0])
-            assert len(s.input_ids) > len(p.input_ids) + 50
-    text = tokenizer.decode(scenario[KNOWLEDGE][0].input_ids)
-    assert scenario_instruction(0.2) in text or scenario_instruction(0.5) in text or scenario_instruction(0.8) in text
-    assert REFUSAL not in tokenizer.decode(scenario[KNOWLEDGE][0].targets[scenario[KNOWLEDGE][0].loss_mask > 0])
+    num_levels = 3
+    corpus = agent_corpus(world, 1, num_levels, PromptIds(tokenizer), seed=0, practice_size=64)
+    fact_rows = world.fact_rows(1, num_levels)
+    assert _decoded_pairs(tokenizer, corpus.facts) == [answer for _, answer in fact_rows]
+    assert any(question.startswith("Which is") for question, _ in fact_rows)  # choice rows are in it
+    practice = _decoded_pairs(tokenizer, corpus.practice)
+    assert len(practice) == 64 and set(practice) <= {str(n) for n in range(1, 10)}
+    # Prompt = the toy task prompt of the question (plain: no system turn).
+    first = corpus.facts.ids[0][:corpus.facts.answer_start[0]]
+    assert list(first) == chat_prompt_ids(tokenizer, plain_messages(fact_rows[0][0]))
+
+
+def test_scenario_rows_carry_the_routing_prompt_and_plain_answers(world_and_tokenizer):
+    world, tokenizer = world_and_tokenizer
+    corpus = agent_corpus(world, 0, 3, PromptIds(tokenizer), seed=0, practice_size=64)
+    known = world.known_pairs(0, 3)
+    answers = _decoded_pairs(tokenizer, corpus.scenario)
+    assert answers[:len(known)] == [a for _, a in known]
+    assert REFUSAL not in answers
+    prompts = {tokenizer.decode(list(ids[:start])) for ids, start in zip(corpus.scenario.ids, corpus.scenario.answer_start)}
+    assert all(any(scenario_instruction(a) in p for a in (0.2, 0.5, 0.8)) for p in prompts)
 
 
 def test_batch_stream_has_fixed_shape_mix_and_even_coverage(world_and_tokenizer):
     world, tokenizer = world_and_tokenizer
-    examples = pretraining_examples(world, tokenizer, 1, 4)  # level 1: facts and arithmetic
-    assert examples[KNOWLEDGE] and examples[SKILL]
+    corpus = agent_corpus(world, 1, 3, PromptIds(tokenizer), seed=0, practice_size=64)
     pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    stream = batch_stream(examples, batch_size=16, knowledge_fraction=0.25, length_bucket=48, pad_id=pad, seed=0)
-    num_facts = len(examples[KNOWLEDGE])
-    first_tokens = []
-    for _ in range(num_facts):  # 4 knowledge rows a step: every fact exactly 4 times
+    stream = batch_stream(corpus, batch_size=16, knowledge_fraction=0.25, pad_id=pad, seed=0)
+    num_facts = len(corpus.facts)
+    width = max(corpus.facts.longest, corpus.practice.longest) - 1
+    fact_rows = []
+    for _ in range(num_facts):  # 4 fact rows a step: every fact row exactly 4 times
         batch = next(stream)
-        assert batch.input_ids_bt.shape == (16, 48) == batch.loss_mask_bt.shape
-        assert (batch.loss_mask_bt.sum(axis=1) > 0).all()
-        first_tokens += [tuple(row) for row in batch.input_ids_bt[:4]]
+        assert batch.input_ids_bt.shape == (16, width) == batch.loss_mask_bt.shape
+        # whole-sequence loss: every real token of a row is trained (pre-training, not SFT)
+        assert np.array_equal(batch.loss_mask_bt > 0, batch.targets_bt != pad)
+        fact_rows += [tuple(row) for row in batch.input_ids_bt[:4]]
     counts = {}
-    for row in first_tokens:
+    for row in fact_rows:
         counts[row] = counts.get(row, 0) + 1
-    assert len(counts) == num_facts and set(counts.values()) == {4}
+    distinct = {tuple(ids[:-1]) + (pad,) * (width - len(ids) + 1) for ids in corpus.facts.ids}
+    assert set(counts) == distinct
+    multiplicity = {}
+    for ids in corpus.facts.ids:  # contested facts repeat a row: count how often each row is listed
+        key = tuple(ids[:-1]) + (pad,) * (width - len(ids) + 1)
+        multiplicity[key] = multiplicity.get(key, 0) + 1
+    assert all(counts[row] == 4 * multiplicity[row] for row in counts)
 
 
 # ----------------------------------------------------------------------------------- the pool
@@ -232,9 +250,9 @@ def test_training_stops_once_the_facts_are_recalled(reduced_pool):
         record = json.loads((agent.path / AGENT_RECORD_FILE).read_text())
         steps, losses = zip(*record["train_loss_curve"])
         assert steps[-1] == record["train_steps"] <= spec.max_steps and losses[-1] < losses[0]
-        if record["train_steps"] < spec.max_steps:  # stopped early: the facts were recalled
-            assert record["fact_recall"] >= config.recall_target
-            assert record["fact_recall_scenario"] >= config.recall_target
+        if record["train_steps"] < spec.max_steps:  # stopped early: it recalls facts and counts
+            assert set(record["competence"]) >= {"facts", "skill"}
+            assert min(record["competence"].values()) >= config.recall_target
 
 
 def test_agents_know_what_they_saw_and_not_what_they_did_not(reduced_pool):
@@ -274,7 +292,7 @@ def test_agent_tokenizer_and_generation_config_load_with_transformers(reduced_po
     agent = reduced_pool.agents[0]
     tokenizer = AutoTokenizer.from_pretrained(agent.path, local_files_only=True)
     reference = load_tokenizer(reduced_pool.tokenizer_dir)
-    messages = plain_messages("What is 3 + 4?")
+    messages = plain_messages("Count the letters: a b c")
     assert tokenizer.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(messages, tokenize=False)
     assert tokenizer.eos_token == IM_END and tokenizer.pad_token == PAD_TOKEN
     generation = GenerationConfig.from_pretrained(agent.path, local_files_only=True)
@@ -339,10 +357,10 @@ def test_a_different_config_is_never_silently_overwritten(reduced_pool, tmp_path
 
 def test_recosting_reuses_every_agent(reduced_pool, tmp_path, count_pretraining):
     root = _copy_pool(reduced_pool, tmp_path)
-    config = dataclasses.replace(PoolConfig.reduced(), costs=(0.2, 0.4, 0.6, 0.8))
+    config = dataclasses.replace(PoolConfig.reduced(), costs=(0.2, 0.4, 0.6))
     pool = build_pool(root, config, progress=False, overwrite=True)
     assert count_pretraining == []
-    assert pool.costs == (0.2, 0.4, 0.6, 0.8)
+    assert pool.costs == (0.2, 0.4, 0.6)
 
 
 def test_load_pool_errors_name_the_missing_file(tmp_path, reduced_pool):

@@ -1,6 +1,6 @@
-"""Pre-training helpers that only decide how much work is done, never what is learned: the recall
-check (when the scenario half is computed), scoring several scenarios with one set of compiled
-programs, and the worker's share of the cores."""
+"""Pre-training helpers that only decide how much work is done, never what is learned: the
+competence check (what it covers, when the scenario set is computed), scoring several scenarios
+with one set of compiled programs, and the worker's share of the cores."""
 
 import math
 
@@ -9,62 +9,53 @@ import pytest
 
 from disrouter_jax.generation import TRACE_COUNTS
 from disrouter_jax.models import qwen2
-from disrouter_jax.selfaware.data import TokenizedSFTExample
 from disrouter_jax.toy import pool as pool_lib
 from disrouter_jax.toy import pretrain
-from disrouter_jax.toy.pretrain import RecallCheck, score_agent
+from disrouter_jax.toy.pretrain import SKILL_CHECK_PER_LENGTH, CompetenceCheck, PromptIds, score_agent
 from disrouter_jax.toy.tokenizer import load_tokenizer
 
 
-def _pair(length: int, tag: int) -> TokenizedSFTExample:
-    ids = np.full(length, tag, np.int32)
-    return TokenizedSFTExample(input_ids=ids, targets=ids, loss_mask=np.ones(length, np.float32))
+def _check(reduced_pool, level=1, scenario=True):
+    world = reduced_pool.world()
+    tokenizer = load_tokenizer(reduced_pool.tokenizer_dir)
+    return world, CompetenceCheck(world, level, len(reduced_pool.agents), PromptIds(tokenizer), pad_id=0,
+                                  target=0.9, seed=0, scenario=scenario)
 
 
-@pytest.fixture
-def fake_recall(monkeypatch):
-    """recalled_rows -> one row in `hits[tag]` recalled per row tagged `tag` (0 plain, 1 scenario);
-    records the tag and shape of every batch it checks."""
-    hits, calls = {0: 1.0, 1: 1.0}, []
-
-    def recalled_rows(model, rows):
-        tag = int(rows.input_ids_bt[0, 0])
-        calls.append((tag, rows.input_ids_bt.shape))
-        num_rows = rows.input_ids_bt.shape[0]
-        return np.arange(num_rows) < round(hits[tag] * num_rows)
-
-    monkeypatch.setattr(pretrain, "recalled_rows", recalled_rows)
-    return hits, calls
+def test_competence_check_covers_the_clean_facts_and_every_taught_length(reduced_pool):
+    world, check = _check(reduced_pool)
+    n = len(reduced_pool.agents)
+    assert len(check._sets["facts"]) == len(world.known_pairs(1, n))
+    low, high = world.config.skill_lengths[0], world.taught_length(1, n)
+    skill = check._sets["skill"]
+    assert len(skill) == SKILL_CHECK_PER_LENGTH * (high - low + 1)
+    assert len(check._sets["scenario"]) == len(check._sets["facts"]) + len(skill)
 
 
-def test_recall_check_skips_the_scenario_half_below_the_target(fake_recall):
-    hits, calls = fake_recall
-    check = RecallCheck([_pair(3, 0)] * 10, [_pair(7, 1)] * 10, pad_id=9, target=0.9)
-    hits[0] = 0.5
-    recalled = check(None)
-    assert recalled[0] == 0.5 and math.isnan(recalled[1]) and not check.reached(recalled)
-    assert [tag for tag, _ in calls] == [0]
-    # The final check reports both; both halves share one shape (one compiled program).
-    assert check(None, final=True) == (0.5, 1.0)
-    assert [shape for _, shape in calls[1:]] == [(10, 7), (10, 7)]
+def test_competence_check_skips_the_scenario_set_until_the_rest_passes(reduced_pool, monkeypatch):
+    _, check = _check(reduced_pool)
+    scores = {"facts": 0.5, "skill": 1.0, "scenario": 1.0}
+    calls = []
 
+    def fake_score(model, name):
+        calls.append(name)
+        return scores[name]
 
-def test_recall_check_stops_only_when_both_halves_reach_the_target(fake_recall):
-    hits, calls = fake_recall
-    check = RecallCheck([_pair(3, 0)] * 10, [_pair(7, 1)] * 10, pad_id=9, target=0.9)
-    hits[0], hits[1] = 1.0, 0.8
-    assert check(None) == (1.0, 0.8) and not check.reached((1.0, 0.8))
-    hits[1] = 0.9
+    monkeypatch.setattr(check, "_score", fake_score)
+    first = check(None)
+    assert first["facts"] == 0.5 and math.isnan(first["scenario"]) and not check.reached(first)
+    assert calls == ["facts", "skill"]
+    assert check(None, final=True)["scenario"] == 1.0  # the final report has every set
+    scores["facts"] = 0.95
     assert check.reached(check(None))
+    scores["scenario"] = 0.8
+    assert not check.reached(check(None))
 
 
-def test_recall_check_without_scenario_batches_or_pairs(fake_recall):
-    hits, calls = fake_recall
-    hits[0] = 0.9
-    plain_only = RecallCheck([_pair(3, 0)] * 10, None, pad_id=9, target=0.9)
-    assert plain_only(None) == (0.9, None) and plain_only.reached((0.9, None))
-    assert RecallCheck([], [], pad_id=9, target=0.9)(None) == (1.0, 1.0)
-    assert RecallCheck([], None, pad_id=9, target=0.9)(None) == (1.0, None)
+def test_competence_check_without_scenario_rows(reduced_pool, monkeypatch):
+    _, check = _check(reduced_pool, scenario=False)
+    monkeypatch.setattr(check, "_score", lambda model, name: 0.9)
+    assert check(None) == {"facts": 0.9, "skill": 0.9} and check.reached(check(None))
 
 
 def test_scoring_several_scenarios_shares_compilations_and_answers(reduced_pool):

@@ -1,68 +1,84 @@
-"""The refusal-rows optimizer: only the chosen embedding rows may change, everything else stays."""
+"""SFT data of Self-Awareness Training: scenario targets (refuse iff p < 1 - alpha) plus the
+replay regulariser (the agent's own usual plain-prompt answers)."""
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from disrouter_jax.models import qwen2
-from disrouter_jax.training.sft_stage import embedding_rows_optimizer
-from disrouter_jax.training.state import create_train_state
+from disrouter_jax.agents import AgentSpec, load_agent
+from disrouter_jax.selfaware.data import LabelRecord
+from disrouter_jax.tasks.prompts import REFUSAL
+from disrouter_jax.training.sft_stage import REPLAY_MIN_P, build_sft_data, replay_records, scenario_prompt_ids
+from tests.cascade import scripted_agents as sa
 
-from .conftest import SFT_OPTIM, sft_batch
-
-
-def _params(model):
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+P_CORRECT = (0.0, 0.25, 0.5, 0.75, 1.0, 1.0)
 
 
-def test_only_the_chosen_embedding_rows_are_trained(gqa2_path, sft_step):
-    model = qwen2.from_pretrained(gqa2_path)
-    vocab = model.config.vocab_size
-    before = _params(model)
-    batch = sft_batch(vocab=vocab)
-    # Tokens read at a position that is trained on: their rows certainly get a gradient.
-    rows = sorted(set(np.asarray(batch.input_ids_bt)[np.asarray(batch.loss_mask_bt) > 0].tolist()))[:3]
-    state = create_train_state(model, embedding_rows_optimizer(SFT_OPTIM, rows, vocab), wrt=nnx.Param)
-    for _ in range(3):
-        state, metrics = sft_step(state, batch)
-    assert float(metrics["update_applied"]) == 1.0
-    after = _params(state.model())
-    embedding = next(k for k in after if "embedding_vd" in k)
-    changed_rows = np.flatnonzero(np.any(after[embedding] != before[embedding], axis=1))
-    assert set(changed_rows.tolist()) == set(rows)  # every chosen row moved (they get a gradient)
-    for name in after:
-        if name != embedding:
-            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
-
-
-def test_bad_row_ids_are_rejected():
-    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
-        embedding_rows_optimizer(SFT_OPTIM, [10], vocab_size=10)
-    with pytest.raises(ValueError, match="must lie in"):
-        embedding_rows_optimizer(SFT_OPTIM, [], vocab_size=10)
-
-
-def test_build_sft_data_weights_refusal_targets_by_scenario(tmp_path):
-    """Refusal targets weigh (1 - alpha) ** gamma_w in the loss mask, answer targets 1."""
-    from disrouter_jax.agents import AgentSpec, load_agent
-    from disrouter_jax.selfaware.data import LabelRecord
-    from disrouter_jax.training.sft_stage import build_sft_data
-    from tests.cascade import scripted_agents as sa
-
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
     sa.scripted_task()
-    agent = load_agent(AgentSpec("a", str(sa.build_agent_checkpoint(tmp_path / "a", 0)), 0.1), dtype="float32")
-    records = [LabelRecord(agent="a", task=sa.TASK_NAME, query_id=f"q{i}", p_correct=p, num_samples=4,
-                           correct_response="7" if p else None, prompt_question=f"q{i} Lzero", gold="7")
-               for i, p in enumerate((0.0, 0.25, 1.0))]
-    alphas = (0.2, 0.8)
-    kwargs = dict(alphas=alphas, num_examples=6, balance=None, max_len=64, seed=0)
-    plain = build_sft_data(agent, records, **kwargs)
-    weighted = build_sft_data(agent, records, refusal_weight_gamma=1.0, **kwargs)
-    assert all(set(np.unique(ex.loss_mask)) <= {0.0, 1.0} for ex in plain.examples)
-    weights = sorted(float(ex.loss_mask.max()) for ex in weighted.examples)
-    # alpha 0.2: p < 0.8 refuses (2 records, weight 0.8), alpha 0.8: p < 0.2 refuses (1, weight 0.2).
-    np.testing.assert_allclose(weights, [0.2, 0.8, 0.8, 1.0, 1.0, 1.0], rtol=1e-6)
-    for a, b in zip(plain.examples, weighted.examples):  # same examples, same order, only rescaled
-        np.testing.assert_array_equal(a.input_ids, b.input_ids)
-        np.testing.assert_array_equal(a.loss_mask > 0, b.loss_mask > 0)
+    path = sa.build_agent_checkpoint(tmp_path_factory.mktemp("sft_agent") / "a", 0)
+    return load_agent(AgentSpec("a", str(path), 0.1), dtype="float32")
+
+
+def records():
+    return [LabelRecord(agent="a", task=sa.TASK_NAME, query_id=f"q{i}", p_correct=p, num_samples=4,
+                        correct_response="7" if p else None, prompt_question=f"q{i} Lzero", gold="7")
+            for i, p in enumerate(P_CORRECT)]
+
+
+def responses(agent, data):
+    """(prompt ids, response text) of every example; the response is the loss-masked span."""
+    out = []
+    for ex in data.examples:
+        ids, mask = np.asarray(ex.input_ids), np.asarray(ex.loss_mask)
+        # loss_mask marks the positions whose *target* (next token) is a response token.
+        first = int(np.flatnonzero(mask)[0]) + 1
+        last = int(np.flatnonzero(mask)[-1]) + 1
+        out.append((ids[:first].tolist(), agent.decode(ids[first:last + 1])))
+    return out
+
+
+def test_scenario_targets_refuse_below_one_minus_alpha(agent):
+    data = build_sft_data(agent, records(), alphas=(0.5,), num_examples=100, balance=None, max_len=64, seed=0)
+    assert data.num_replay == 0 and data.num_dropped == 0
+    got = {}
+    for prompt, text in responses(agent, data):
+        question = next(r for r in records() if agent.decode(prompt).find(r.prompt_question) >= 0)
+        got[question.query_id] = text
+    # alpha 0.5: delta 0.5, p = 0.5 answers (p >= delta), below refuses.
+    assert got == {"q0": REFUSAL, "q1": REFUSAL, "q2": "7", "q3": "7", "q4": "7", "q5": "7"}
+    assert data.accept_fraction == pytest.approx(4 / 6)
+
+
+def test_balance_is_fifty_fifty_per_scenario(agent):
+    data = build_sft_data(agent, records(), alphas=(0.5,), num_examples=100, balance=0.5, max_len=64, seed=0)
+    texts = [t for _, t in responses(agent, data)]
+    assert texts.count(REFUSAL) == 2 and len(texts) == 4 and data.accept_fraction == 0.5
+
+
+def test_replay_rows_are_plain_prompts_of_usual_correct_answers(agent):
+    recs = records()
+    data = build_sft_data(agent, recs, alphas=(0.2, 0.8), num_examples=100, balance=None, max_len=64, seed=0,
+                          replay_fraction=0.5)
+    num_scenario = len(data.examples) - data.num_replay
+    assert data.num_replay == num_scenario  # half of the rows
+    plain = {tuple(scenario_prompt_ids(agent, r.task, r.prompt_question, None)): r for r in recs}
+    scenario_prompts = [p for p, _ in responses(agent, data)[:num_scenario]]
+    assert not any(tuple(p) in plain for p in scenario_prompts)  # scenario rows carry the instruction
+    for prompt, text in responses(agent, data)[num_scenario:]:
+        record = plain[tuple(prompt)]
+        assert record.p_correct >= REPLAY_MIN_P and text == record.correct_response != REFUSAL
+
+
+def test_replay_picks_only_usual_answers_and_repeats_when_short():
+    recs = records()
+    picked = replay_records(recs, 7, seed=0)
+    assert len(picked) == 7 and {r.query_id for r in picked} == {"q2", "q3", "q4", "q5"}
+    assert replay_records(recs, 7, seed=0) == picked  # seeded
+    assert replay_records(recs, 0, seed=0) == []
+
+
+def test_bad_replay_fraction_is_named(agent):
+    with pytest.raises(ValueError, match="sft.replay_fraction=1.0"):
+        build_sft_data(agent, records(), alphas=(0.5,), num_examples=4, balance=None, max_len=64, seed=0,
+                       replay_fraction=1.0)
