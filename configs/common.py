@@ -57,7 +57,7 @@ TOY_OVERLAY: dict[str, object] = {
     "sft.batch_size": 64,
     "sft.learning_rate": 6e-4,
     "sft.warmup_steps": 20,
-    "sft.length_buckets": (128, 144),
+    "sft.length_buckets": (128, 144, 192),
     "rl.steps": 40,
     "rl.prompts_per_step": 32,
     "rl.max_new_tokens": 12,

@@ -22,9 +22,13 @@ world imitates both, so that whether agent k can answer a query depends on what 
   than it trained on (measured: 0 % one letter past the taught length). The length is written in
   the question, so refusing can use the surface. (Reversing or copying the letters would be the
   more skill-like task, but tiny agents need ~5x the pre-training steps to learn either.)
-* **ood** (out-of-domain): facts of a held-back attribute ("What is the pet of Brekor?") of the
-  held-out entities. They are in pre-training like every fact, but no Self-Awareness Training
-  stage and no router is fitted on this family: the paper's out-of-domain split.
+* **ood** (out-of-domain): the held-out entities' facts of `ood_attributes` asked in a question
+  form no Self-Awareness Training stage and no router ever sees ("Tell me the pet of Brekor.").
+  Pre-training states an `ood_share` of each corpus's facts in this form too, so agents can answer
+  it; what is out of domain is the form, as the paper's out-of-domain sets (SQuAD, HellaSwag,
+  HeadQA) draw on the same world knowledge in other formats. (A held-back *attribute* was tried
+  first: with two attributes to learn from, the agents' refusal did not transfer to a third at all;
+  toy-xs refused 0 of 300 such queries.)
 
 Intermediate p(x): a `contested_fraction` of the facts reach the smallest corpora that hold them
 through noisy sources, as a rare entity's few mentions often are; larger corpora state them
@@ -75,6 +79,7 @@ _ATTRIBUTE_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 ATTRIBUTES = tuple(_ATTRIBUTE_SPECS)
 _CHOICE_TEMPLATE = "Which is the {attribute} of {entity}: {first} or {second}?"
+_OOD_TEMPLATE = "Tell me the {attribute} of {entity}."
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SKILL_PREFIX = "Count the letters:"
 
@@ -87,7 +92,7 @@ _CODAS = ("", "", "n", "r", "l", "s", "m")
 # knob does not reshuffle unrelated parts.
 _STREAMS = {"names": 1, "values": 2, "popularity": 3, "entity_split": 4, "skill_queries": 5,
             "skill_split": 6, "practice": 7, "corpus_order": 8, "contested": 9, "choice_queries": 10,
-            "choice_corpus": 11}
+            "choice_corpus": 11, "ood_corpus": 12}
 
 
 def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
@@ -99,9 +104,10 @@ class WorldConfig:
     """Size knobs of the toy world.
 
     Fields:
-      num_entities: entities, each with one value per attribute of `attributes + ood_attributes`.
-      attributes / ood_attributes: the in-domain knowledge family's and the out-of-domain
-        family's attributes (disjoint, from ATTRIBUTES).
+      num_entities: entities, each with one value per attribute of `attributes`.
+      attributes: the knowledge family's attributes (from ATTRIBUTES).
+      ood_attributes: the attributes also asked in the out-of-domain form (held-out entities only).
+      ood_share: share of each corpus's facts of `ood_attributes` also stated in the out-of-domain form.
       min_exposure / max_exposure: share of the entities (lowest popularity ranks) the smallest
         and the largest agent of the ladder saw; the rest is in no corpus.
       heldout_fraction: share of the entities held out from every training stage (evaluation).
@@ -117,8 +123,9 @@ class WorldConfig:
 
     seed: int = 0
     num_entities: int = 750
-    attributes: tuple[str, ...] = ("favorite color", "job")
+    attributes: tuple[str, ...] = ("favorite color", "job", "pet")
     ood_attributes: tuple[str, ...] = ("pet",)
+    ood_share: float = 0.5
     choice_attributes: tuple[str, ...] = ("job",)
     choice_share: float = 0.5
     min_exposure: float = 0.25
@@ -148,8 +155,10 @@ class WorldConfig:
             fail("choice_attributes", f"must be in-domain attributes {self.attributes!r}")
         if not 0.0 <= self.choice_share <= 1.0:
             fail("choice_share", "must lie in [0, 1]")
-        if set(self.attributes) & set(self.ood_attributes):
-            fail("ood_attributes", f"must not share an attribute with attributes={self.attributes!r}")
+        if not set(self.ood_attributes) <= set(self.attributes):
+            fail("ood_attributes", f"must be in-domain attributes {self.attributes!r}")
+        if not 0.0 <= self.ood_share <= 1.0:
+            fail("ood_share", "must lie in [0, 1]")
         if not 0.0 < self.max_exposure <= 1.0:
             fail("max_exposure", "must lie in (0, 1]")
         if not 0.0 < self.min_exposure <= self.max_exposure:
@@ -276,6 +285,11 @@ def choice_question(fact: "Fact", rng: np.random.Generator) -> str:
     return _CHOICE_TEMPLATE.format(attribute=fact.attribute, entity=fact.entity, first=first, second=second)
 
 
+def ood_question(fact: "Fact") -> str:
+    """The fact in the out-of-domain question form."""
+    return _OOD_TEMPLATE.format(attribute=fact.attribute, entity=fact.entity)
+
+
 def skill_question(letters: str) -> str:
     return f"{SKILL_PREFIX} {' '.join(letters)}"
 
@@ -331,7 +345,7 @@ class ToyWorld:
         kinds = tuple(CONTESTED_ROWS)
         facts = []
         for e, entity in enumerate(self.entities):
-            for attribute in cfg.attributes + cfg.ood_attributes:
+            for attribute in cfg.attributes:
                 pool = _ATTRIBUTE_SPECS[attribute][1]
                 value = str(value_rng.choice(pool))
                 contest, distractor, span = CLEAN, "", 0
@@ -345,7 +359,7 @@ class ToyWorld:
         return tuple(facts)
 
     def _make_fact_queries(self) -> tuple[ToyQuery, ...]:
-        """Knowledge (and choice) queries of both splits; ood queries of the held-out entities only."""
+        """Knowledge and choice queries of both splits; ood queries of the held-out entities only."""
         queries = []
         choice_rng = _rng(self.config.seed, "choice_queries")
         for fact in self.facts:
@@ -354,13 +368,13 @@ class ToyWorld:
                                         question=choice_question(fact, choice_rng), answer=fact.value,
                                         difficulty=fact.rarity, split=fact.split, kind=fact.attribute,
                                         fact_id=fact.id))
-            ood = fact.attribute in self.config.ood_attributes
-            if ood and fact.split != HELDOUT:
-                continue
-            family = OOD if ood else KNOWLEDGE
-            queries.append(ToyQuery(id=f"toy-{family}-{fact.id.removeprefix('fact-')}", family=family,
+            queries.append(ToyQuery(id=f"toy-{KNOWLEDGE}-{fact.id.removeprefix('fact-')}", family=KNOWLEDGE,
                                     question=fact.question, answer=fact.value, difficulty=fact.rarity,
                                     split=fact.split, kind=fact.attribute, fact_id=fact.id))
+            if fact.attribute in self.config.ood_attributes and fact.split == HELDOUT:
+                queries.append(ToyQuery(id=f"toy-{OOD}-{fact.id.removeprefix('fact-')}", family=OOD,
+                                        question=ood_question(fact), answer=fact.value, difficulty=fact.rarity,
+                                        split=fact.split, kind=fact.attribute, fact_id=fact.id))
         return tuple(queries)
 
     def _make_skill_queries(self) -> tuple[ToyQuery, ...]:
@@ -425,23 +439,28 @@ class ToyWorld:
         return None
 
     def fact_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
-        """(question, answer) rows of agent_level's facts (contested facts as the module says), and
-        a `choice_share` of its in-domain facts as two-option questions (always stated rightly)."""
+        """(question, answer) rows of agent_level's facts (contested facts as the module says), a
+        `choice_share` of them as two-option questions and an `ood_share` of its `ood_attributes`
+        facts in the out-of-domain form (both always stated rightly)."""
         facts = self.visible_facts(agent_level, num_levels)
         rows = [row for f in facts for row in f.corpus_rows(agent_level - self.first_exposed_level(f, num_levels))]
-        return tuple(rows) + self._choice_rows(agent_level, num_levels)
+        return tuple(rows) + self._restated_rows(agent_level, num_levels)
 
-    def _choice_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+    def _restated_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
+        facts = self.visible_facts(agent_level, num_levels)
         rng = _rng(self.config.seed, "choice_corpus", agent_level, num_levels)
-        return tuple((choice_question(f, rng), f.value) for f in self.visible_facts(agent_level, num_levels)
-                     if f.attribute not in self.config.ood_attributes and rng.random() < self.config.choice_share)
+        choice = tuple((choice_question(f, rng), f.value) for f in facts if rng.random() < self.config.choice_share)
+        rng = _rng(self.config.seed, "ood_corpus", agent_level, num_levels)
+        ood = tuple((ood_question(f), f.value) for f in facts
+                    if f.attribute in self.config.ood_attributes and rng.random() < self.config.ood_share)
+        return choice + ood
 
     def known_pairs(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
         """(question, answer) rows agent_level saw stated cleanly, which it must recall: its clean
-        facts, and its two-option rows."""
+        facts, its two-option rows and its out-of-domain-form rows."""
         clean = tuple((f.question, f.value) for f in self.visible_facts(agent_level, num_levels)
                       if not f.is_contested_at(agent_level - self.first_exposed_level(f, num_levels)))
-        return clean + self._choice_rows(agent_level, num_levels)
+        return clean + self._restated_rows(agent_level, num_levels)
 
     @functools.cached_property
     def _query_strings(self) -> frozenset[str]:

@@ -16,6 +16,7 @@ NUM_LEVELS = 5
 LADDERS = (1, 3, NUM_LEVELS)
 CHOICE_RE = re.compile(r"Which is the (?P<attribute>[a-z ]+) of (?P<entity>[A-Z][a-z]+): "
                        r"(?P<first>[a-z]+) or (?P<second>[a-z]+)\?")
+OOD_RE = re.compile(r"Tell me the (?P<attribute>[a-z ]+) of (?P<entity>[A-Z][a-z]+)\.")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,11 @@ def default_world():
 
 def _values(attribute):
     return _ATTRIBUTE_SPECS[attribute][1]
+
+
+def _restated(question):
+    """A choice or out-of-domain-form row rather than a fact's own question."""
+    return CHOICE_RE.fullmatch(question) is not None or OOD_RE.fullmatch(question) is not None
 
 
 def _mentions(text, entity):
@@ -72,8 +78,8 @@ def test_practice_seed_changes_the_strings(world):
 @pytest.mark.parametrize("field, value", [
     ("num_entities", 1), ("num_entities", True), ("num_entities", 10.0),
     ("attributes", ()), ("attributes", ("shoe size",)), ("attributes", ("job", "job")),
-    ("ood_attributes", ("job",)), ("ood_attributes", ("shoe size",)),
-    ("choice_attributes", ("pet",)), ("choice_share", 1.5), ("choice_share", -0.1),
+    ("ood_attributes", ("shoe size",)), ("ood_share", 1.5), ("ood_share", -0.1),
+    ("choice_attributes", ("shoe size",)), ("choice_share", 1.5), ("choice_share", -0.1),
     ("min_exposure", 0.0), ("max_exposure", 1.5), ("min_exposure", 0.95),
     ("heldout_fraction", 0.0), ("heldout_fraction", 1.0),
     ("contested_fraction", -0.1), ("contested_fraction", 1.5),
@@ -121,7 +127,7 @@ def test_names_are_distinct_pronounceable_words(world):
 
 def test_every_entity_has_one_value_per_attribute(world):
     cfg = world.config
-    attributes = cfg.attributes + cfg.ood_attributes
+    attributes = cfg.attributes
     assert len(world.facts) == cfg.num_entities * len(attributes)
     assert len({f.id for f in world.facts}) == len(world.facts)
     by_entity = collections.defaultdict(list)
@@ -144,7 +150,7 @@ def test_rarities_are_distinct_evenly_spaced_ranks(world):
 
 
 def test_value_draws_use_several_values_per_attribute(world):
-    for attribute in world.config.attributes + world.config.ood_attributes:
+    for attribute in world.config.attributes:
         used = collections.Counter(f.value for f in world.facts if f.attribute == attribute)
         assert len(used) >= len(_values(attribute)) // 2  # not one constant answer
 
@@ -185,7 +191,7 @@ def test_fact_exposure_is_nested_and_grows(world, num_levels):
 
 
 def test_an_agent_knows_an_entity_wholly_or_not_at_all(world):
-    per_entity = len(world.config.attributes) + len(world.config.ood_attributes)
+    per_entity = len(world.config.attributes)
     for level in range(NUM_LEVELS):
         seen = collections.Counter(f.entity for f in world.visible_facts(level, NUM_LEVELS))
         assert set(seen.values()) == {per_entity}
@@ -254,7 +260,7 @@ def test_fact_rows_contest_a_fact_only_in_its_first_contested_levels(world, num_
     for level in range(num_levels):
         rows = collections.defaultdict(list)
         for question, answer in world.fact_rows(level, num_levels):
-            if not question.startswith("Which is"):
+            if not _restated(question):
                 rows[question].append(answer)
         visible = world.visible_facts(level, num_levels)
         assert set(rows) == {f.question for f in visible}  # open rows: exactly the visible facts
@@ -310,7 +316,6 @@ def test_choice_rows_are_right_and_only_of_visible_in_domain_facts(world, num_le
     by_entity_attribute = {(f.entity, f.attribute): f for f in world.facts}
     for level in range(num_levels):
         visible = set(world.visible_facts(level, num_levels))
-        in_domain = [f for f in visible if f.attribute not in world.config.ood_attributes]
         rows = [(q, a) for q, a in world.fact_rows(level, num_levels) if q.startswith("Which is")]
         assert rows
         stated = set()
@@ -318,11 +323,11 @@ def test_choice_rows_are_right_and_only_of_visible_in_domain_facts(world, num_le
             match = CHOICE_RE.fullmatch(question)
             assert match, question
             fact = by_entity_attribute[(match["entity"], match["attribute"])]
-            assert fact in visible and fact.attribute not in world.config.ood_attributes
+            assert fact in visible
             assert answer == fact.value  # stated rightly even when the fact is contested
             assert fact.value in (match["first"], match["second"]) and match["first"] != match["second"]
             stated.add(fact)
-        assert abs(len(stated) / len(in_domain) - world.config.choice_share) < 0.15
+        assert abs(len(stated) / len(visible) - world.config.choice_share) < 0.15
         # known_pairs keeps every choice row: an agent must recall what it read stated rightly.
         assert set(rows) <= set(world.known_pairs(level, num_levels))
 
@@ -341,7 +346,7 @@ def test_known_pairs_are_the_clean_facts_and_choice_rows(world, num_levels):
         known = world.known_pairs(level, num_levels)
         rows = set(world.fact_rows(level, num_levels))
         assert set(known) <= rows
-        open_known = {(q, a) for q, a in known if not q.startswith("Which is")}
+        open_known = {(q, a) for q, a in known if not _restated(q)}
         expected = {(f.question, f.value) for f in world.visible_facts(level, num_levels)
                     if not f.is_contested_at(level - world.first_exposed_level(f, num_levels))}
         assert open_known == expected
@@ -499,22 +504,45 @@ def test_knowledge_queries_match_their_facts_and_hide_rarity(world):
     assert len(shapes) == len(world.config.attributes) + len(world.config.ood_attributes)
 
 
-def test_ood_queries_are_held_out_entities_of_ood_attributes_only(world):
+def test_ood_queries_ask_held_out_facts_in_a_form_no_other_family_uses(world):
     ood = world.queries_for(HELDOUT, OOD)
     assert ood
     heldout_entities = {f.entity for f in world.facts if f.split == HELDOUT}
+    knowledge = {q.fact_id: q for q in world.queries if q.family == KNOWLEDGE}
     for query in ood:
         fact = world.fact(query.fact_id)
         assert fact.attribute in world.config.ood_attributes and query.kind == fact.attribute
         assert fact.entity in heldout_entities
-        assert (query.question, query.answer) == (fact.question, fact.value)
+        match = OOD_RE.fullmatch(query.question)
+        assert match and (match["attribute"], match["entity"], query.answer) == (
+            fact.attribute, fact.entity, fact.value)
+        # The same fact is an in-domain knowledge query too: only the form is out of domain.
+        assert knowledge[fact.id].answer == query.answer and knowledge[fact.id].question != query.question
     assert {world.fact(q.fact_id).entity for q in ood} == heldout_entities
-    # No other family asks an ood attribute.
-    assert not any(q.kind in world.config.ood_attributes for q in world.queries if q.family != OOD)
-    # Like every fact, the ood facts are in pre-training (the largest corpus holds the visible ones).
-    top_rows = set(world.fact_rows(NUM_LEVELS - 1, NUM_LEVELS))
-    visible_ood = [world.fact(q.fact_id) for q in ood if q.difficulty < world.config.max_exposure]
-    assert visible_ood and all((f.question, f.value) in top_rows for f in visible_ood)
+    assert not any(OOD_RE.fullmatch(q.question) for q in world.queries if q.family != OOD)
+
+
+@pytest.mark.parametrize("num_levels", (3, NUM_LEVELS))
+def test_ood_form_rows_are_right_and_an_ood_share_of_the_visible_ood_facts(world, num_levels):
+    for level in range(num_levels):
+        visible = [f for f in world.visible_facts(level, num_levels) if f.attribute in world.config.ood_attributes]
+        by_question = {(f.entity, f.attribute): f for f in visible}
+        rows = [(q, a) for q, a in world.fact_rows(level, num_levels) if OOD_RE.fullmatch(q)]
+        for question, answer in rows:
+            match = OOD_RE.fullmatch(question)
+            fact = by_question[(match["entity"], match["attribute"])]  # only facts the corpus holds
+            assert answer == fact.value  # stated rightly even when the fact is contested
+        assert len(set(rows)) == len(rows)
+        assert abs(len(rows) / len(visible) - world.config.ood_share) < 0.15
+        assert set(rows) <= set(world.known_pairs(level, num_levels))
+    none = ToyWorld(dataclasses.replace(WorldConfig.reduced(), ood_share=0.0))
+    assert not any(OOD_RE.fullmatch(q) for q, _ in none.fact_rows(NUM_LEVELS - 1, NUM_LEVELS))
+    assert none.queries_for(HELDOUT, OOD)  # the queries do not depend on the corpus share
+
+
+def test_ood_attributes_must_be_in_domain_attributes():
+    with pytest.raises(ValueError, match=r"^WorldConfig.ood_attributes=\('pet',\): must be in-domain"):
+        WorldConfig(attributes=("job",), ood_attributes=("pet",), choice_attributes=("job",))
 
 
 def test_difficulties_in_unit_interval(world):
