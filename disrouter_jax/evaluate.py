@@ -57,7 +57,7 @@ from ml_collections import config_flags
 
 from disrouter_jax import distributed, pipeline, runtime
 from disrouter_jax.agents import AgentSpec, load_agent
-from disrouter_jax.cascade import engine, log, methods, replay, report, routers
+from disrouter_jax.cascade import assessors, engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
 from disrouter_jax.cascade.log import IN_DOMAIN, OUT_OF_DOMAIN
 from disrouter_jax.cascade.metrics import pool_costs
@@ -353,6 +353,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     baseline_rows = plain_rows if e.baseline_replies == "plain" else outcomes
     records += methods.baseline_records(e.baselines, baseline_rows, pool, costs, cascade_records, e.seed)
     router_info = {}
+    judges = {log.DISROUTER: assessors.self_assessors(outcomes, pool[:-1])}
     if e.routers:
         if not fit_queries:
             raise ValueError("config.eval.routers is set but there are no router-fitting queries "
@@ -366,11 +367,12 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         prompts = {q.key: feature_agent.prompt_ids(q.example, None) for q in list(queries) + list(fit_queries)}
         keys, features_qd = cached_query_features(workdir / "eval" / "query_features.npz", feature_agent.model,
                                                   prompts, e.feature_batch_size)
-        router_records, router_info = methods.router_records(
+        router_records, router_info, judged = methods.router_records(
             e.routers, _scorer(e), pool, costs, fit_rows, baseline_rows,
             lambda rows: routers.query_features_for(rows, keys, features_qd))
         router_info["feature_agent"] = feature_name
         records += router_records
+        judges.update(judged)
     records = log.with_families(records, {a.name: a.family for a in agents})
     if writer:
         records = sync_routing_log(routing_path, records)
@@ -388,7 +390,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
                             "matching the cascade's mean cost at each alpha",
         "refusal_tokens": {a.name: len(engine.refusal_token_ids(a)) for a in agents},
     }
-    built = report.build_report(records, pool, costs, meta)
+    built = report.build_report(records, pool, costs, meta, assessors=judges)
     if writer:
         report.write_report(workdir, built)
         report.write_plots(workdir, built)
@@ -451,6 +453,7 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
     baseline_rows = plain if e.baseline_replies == "plain" else rows
     records = cascade + methods.baseline_records(e.baselines, baseline_rows, subpool, costs, cascade, e.seed)
     router_info = {}
+    judges = {log.DISROUTER: assessors.self_assessors(rows, subpool[:-1])}
     fit_path, features_path = workdir / ROUTER_TRAIN_FILE, workdir / "eval" / "query_features.npz"
     if e.routers and fit_path.exists() and features_path.exists():
         with np.load(features_path, allow_pickle=False) as data:
@@ -458,10 +461,11 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
         fit_rows = log.read_outcome_table(fit_path)
         if e.baseline_replies == "scenario":
             fit_rows = methods.subpool_rows(fit_rows, fit_rows, subpool)
-        router_recs, router_info = methods.router_records(
+        router_recs, router_info, judged = methods.router_records(
             e.routers, _scorer(e), subpool, costs, fit_rows, baseline_rows,
             lambda rs: routers.query_features_for(rs, keys, features_qd))
         records += router_recs
+        judges.update(judged)
     out_dir = workdir / "replay" / "+".join(subpool)
     full_report = workdir / report.REPORT_FILE
     if full_report.exists():  # the evaluated pool's families, as its report names them
@@ -470,7 +474,7 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
     meta = {"replay_of": str(workdir), "subpool": subpool, "costs": e.replay_costs, "cost_mode": e.cost_mode,
             "baseline_replies": e.baseline_replies, "routers": router_info,
             "disrouter_source": "replay of outcomes.jsonl; the sub-pool's last agent on its plain-prompt reply"}
-    built = report.build_report(records, subpool, costs, meta)
+    built = report.build_report(records, subpool, costs, meta, assessors=judges)
     report.write_report(out_dir, built)
     report.write_plots(out_dir, built)
     return built
@@ -522,6 +526,10 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
     if distributed.is_coordinator():
         print(report.format_summary_table(built))
         print("\n" + report.format_share_table(built))
+        for domain in (IN_DOMAIN, OUT_OF_DOMAIN):
+            table = assessors.format_assessor_table(built.get("assessors", {}), domain)
+            if table:
+                print("\n" + table)
         if not config.eval.replay_pool:
             for subpool in config.eval.subpools:
                 if not set(subpool) <= set(built["agents"]):

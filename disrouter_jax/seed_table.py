@@ -57,7 +57,26 @@ def combine(reports: dict[str, dict]) -> dict:
                     row["seeds_ci_above_zero"] = sum(d["ci"][0] > 0 for d in diffs)
                 rows[method] = row
             table["results"].setdefault(alpha, {})[group] = rows
+    if all(r.get("assessors") for r in reports.values()):
+        table["assessors"] = combine_assessors([reports[s]["assessors"] for s in labels])
     return table
+
+
+def combine_assessors(per_seed: list[dict]) -> dict:
+    """Per method / α / group / agent: every seed's assessor F1 (``cascade.assessors``) and the mean,
+    for what every seed scored."""
+    out: dict = {}
+    for method, by_alpha in per_seed[0].items():
+        for alpha, by_group in by_alpha.items():
+            for group, by_agent in by_group.items():
+                for agent in by_agent:
+                    f1 = [seed.get(method, {}).get(alpha, {}).get(group, {}).get(agent, {}).get("f1")
+                          for seed in per_seed]
+                    if None in f1:
+                        continue
+                    out.setdefault(method, {}).setdefault(alpha, {}).setdefault(group, {})[agent] = {
+                        "f1": f1, "f1_mean": statistics.fmean(f1)}
+    return out
 
 
 def format_table(table: dict, markdown: bool = False) -> str:
@@ -99,7 +118,34 @@ def format_table(table: dict, markdown: bool = False) -> str:
             for r in [header] + body:
                 lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         lines.append("")
+    lines += _format_assessors(table.get("assessors", {}), len(seeds), markdown)
     return "\n".join(lines)
+
+
+def _format_assessors(assessors: dict, num_seeds: int, markdown: bool) -> list[str]:
+    """In-domain assessor F1 per agent (rows) and method × α (columns), mean and each seed's."""
+    columns = [(m, a) for m in assessors for a in assessors[m] if "in_domain" in assessors[m][a]]
+    agents = list(dict.fromkeys(g for m, a in columns for g in assessors[m][a]["in_domain"]))
+    if not agents:
+        return []
+    header = ["agent"] + [f"{m}@{a}" for m, a in columns]
+    body = []
+    for agent in agents:
+        cells = [agent]
+        for method, alpha in columns:
+            row = assessors[method][alpha]["in_domain"].get(agent)
+            cells.append("-" if row is None else
+                         f"{row['f1_mean']:.3f} ({' / '.join(f'{x:.3f}' for x in row['f1'])})")
+        body.append(cells)
+    lines = [f"{'### ' if markdown else '['}in_domain{'' if markdown else ']'} assessor F1 per agent "
+             f"(positive: the agent's answer would be wrong), mean over {num_seeds} seeds (each seed's)"]
+    if markdown:
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+    else:
+        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

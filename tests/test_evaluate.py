@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from disrouter_jax import evaluate
-from disrouter_jax.cascade import engine, log, replay, report
+from disrouter_jax.cascade import engine, log, metrics, replay, report
 from disrouter_jax.tasks.registry import write_examples_jsonl
 from tests.cascade import scripted_agents as sa
 
@@ -137,6 +137,24 @@ def test_baselines_use_plain_replies_and_the_oracle_is_exact(evaluated):
     fit = log.read_outcome_table(workdir / evaluate.ROUTER_TRAIN_FILE)
     assert {r.query_id for r in fit} == {f"tq{i}" for i in range(len(TRAIN))}
     assert set(built["meta"]["routers"]) >= {"classifier_router", "frugalgpt", "feature_agent"}
+
+
+def test_assessor_table_scores_the_deciding_agents_on_every_query(evaluated):
+    _, workdir, built = evaluated
+    outcomes = log.read_outcome_table(workdir / report.OUTCOMES_FILE)
+    assert list(built["assessors"]) == ["disrouter", "classifier_router"]
+    for method, by_alpha in built["assessors"].items():
+        assert list(by_alpha) == ["0.2", "0.5", "0.8"]
+        for key, by_domain in by_alpha.items():
+            assert list(by_domain["in_domain"]) == ["agent0", "agent1"]  # the last agent always answers
+            assert all(s["n_scored"] == len(EVAL) for s in by_domain["in_domain"].values())
+            assert all(s["n_scored"] == len(OOD) for s in by_domain["out_of_domain"].values())
+    # DiSRouter's flags are its agents' own refusals under the scenario prompt.
+    for key, by_domain in built["assessors"]["disrouter"].items():
+        refused = sum(o.decision == log.REFUSE for r in outcomes if metrics.alpha_key(r.alpha) == key
+                      and r.domain == "in_domain" for o in r.outcomes if o.agent == "agent0")
+        scores = by_domain["in_domain"]["agent0"]
+        assert scores["tp"] + scores["fp"] == refused
 
 
 def test_rerun_reuses_everything_and_rejects_other_settings(evaluated, setup, monkeypatch):

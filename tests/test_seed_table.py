@@ -3,17 +3,25 @@
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from disrouter_jax import seed_table
-from disrouter_jax.cascade import replay, report
+from disrouter_jax.cascade import assessors, replay, report
 from tests.cascade.hand_tables import COSTS, POOL, outcome_rows
 
 
 def _write_report(directory, seed):
-    records = replay.replay_all(outcome_rows(0.5) + outcome_rows(0.2), POOL, COSTS, seed=seed)
+    rows = outcome_rows(0.5) + outcome_rows(0.2)
+    records = replay.replay_all(rows, POOL, COSTS, seed=seed)
+    # A classifier that trusts agent A on a different query per seed: its F1 varies with the seed.
+    capable_ra = np.ones((len(rows), len(POOL)), dtype=bool)
+    capable_ra[seed % 2, 0] = False
+    judged = {"disrouter": assessors.self_assessors(rows, POOL[:-1]),
+              "classifier_router": assessors.external_assessors(rows, POOL[:-1], POOL, capable_ra)}
     directory.mkdir(parents=True)
-    return report.write_report(directory, report.build_report(records, POOL, COSTS, meta={"seed": seed}))
+    return report.write_report(directory, report.build_report(records, POOL, COSTS, meta={"seed": seed},
+                                                              assessors=judged))
 
 
 @pytest.fixture
@@ -45,6 +53,12 @@ def test_table_holds_every_seed_and_their_mean(tmp_path, reports, capsys):
     assert "[in_domain] utility, mean over seeds 0, 1, 2" in printed and "random_uniform" in printed
     markdown = (tmp_path / "out" / "seeds.md").read_text()
     assert "| method | alpha=0.2 | alpha=0.5 |" in markdown
+    # Assessor F1 per agent: every seed's figure and the mean.
+    f1 = table["assessors"]["classifier_router"]["0.5"]["in_domain"]["A"]
+    assert f1["f1"] == [r["assessors"]["classifier_router"]["0.5"]["in_domain"]["A"]["f1"] for r in originals]
+    assert len(set(f1["f1"])) > 1 and f1["f1_mean"] == pytest.approx(statistics.fmean(f1["f1"]))
+    assert table["assessors"]["disrouter"]["0.5"]["in_domain"]["A"]["f1"] == [1.0, 1.0, 1.0]
+    assert "| agent | disrouter@0.2 | disrouter@0.5 |" in markdown and "assessor F1" in printed
 
 
 def test_a_bad_report_names_the_file_and_writes_nothing(tmp_path, reports, capsys):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-from disrouter_jax.cascade import baselines, routers
+from disrouter_jax.cascade import assessors, baselines, routers
 from disrouter_jax.cascade.engine import ANSWER_FEATURE_NAMES, mode_key
 from disrouter_jax.cascade.log import ANSWER, REFUSE, OutcomeRow, RoutingRecord
 
@@ -45,17 +45,23 @@ ROUTERS = (routers.CLASSIFIER_ROUTER, routers.FRUGALGPT)
 
 def router_records(names: Sequence[str], scorer: routers.ScorerConfig, pool: Sequence[str],
                    costs: Mapping[str, float], fit_rows: Sequence[OutcomeRow], eval_rows: Sequence[OutcomeRow],
-                   query_features: Callable[[Sequence[OutcomeRow]], object]) -> tuple[list[RoutingRecord], dict]:
-    """Routers ``names`` fitted on ``fit_rows`` and routing ``eval_rows``; returns the records and
-    what was learned (thresholds per α). ``query_features(rows) -> [R, D]`` for the classifier."""
+                   query_features: Callable[[Sequence[OutcomeRow]], object]
+                   ) -> tuple[list[RoutingRecord], dict, dict]:
+    """Routers ``names`` fitted on ``fit_rows`` and routing ``eval_rows``; returns the records,
+    what was learned (thresholds per α) and the classifier's per-agent judgements scored as an
+    assessor of every agent but the last (``assessors.external_assessors``).
+    ``query_features(rows) -> [R, D]`` for the classifier."""
     unknown = sorted(set(names) - set(ROUTERS))
     if unknown:
         raise ValueError(f"config.eval.routers: unknown router(s) {unknown}; known: {ROUTERS}")
-    records, info = [], {}
+    records, info, judged = [], {}, {}
     if routers.CLASSIFIER_ROUTER in names:
         router = routers.ClassifierRouter(pool, costs, scorer).fit(fit_rows, query_features(fit_rows))
-        records += router.route(eval_rows, query_features(eval_rows))
+        eval_features = query_features(eval_rows)
+        records += router.route(eval_rows, eval_features)
         info[routers.CLASSIFIER_ROUTER] = {"thresholds": {mode_key(a): t for a, t in router.thresholds.items()}}
+        judged[routers.CLASSIFIER_ROUTER] = assessors.external_assessors(
+            eval_rows, pool[:-1], pool, router.capable(eval_rows, eval_features))
     if routers.FRUGALGPT in names:
         router = routers.FrugalGPTRouter(pool, costs, scorer)
         router.fit(fit_rows, routers.answer_features_from_outcomes(fit_rows, pool))
@@ -63,7 +69,7 @@ def router_records(names: Sequence[str], scorer: routers.ScorerConfig, pool: Seq
         info[routers.FRUGALGPT] = {
             "thresholds": {mode_key(a): [float(x) for x in t] for a, t in router.thresholds.items()},
             "cost_mode": router.cost_mode, "answer_features": list(ANSWER_FEATURE_NAMES)}
-    return records, info
+    return records, info, judged
 
 
 def subpool_rows(scenario_rows: Sequence[OutcomeRow], plain_rows: Sequence[OutcomeRow],

@@ -45,12 +45,15 @@ def _ordered_methods(methods) -> list[str]:
 
 
 def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
-                 costs: Optional[Mapping[str, float]] = None, meta: Optional[Mapping] = None) -> dict:
+                 costs: Optional[Mapping[str, float]] = None, meta: Optional[Mapping] = None,
+                 assessors: Optional[Mapping] = None) -> dict:
     """Every figure per α × group × method, computed from ``records`` alone.
 
     ``agents`` fixes the pool order of the per-agent figures; ``costs`` (default
     :func:`metrics.default_costs`) and ``meta`` are stored as given (they do not change figures:
     each record carries the cost its method paid). Oracle figures come from the "oracle" records.
+    ``assessors`` (``cascade.assessors``: per-agent F1 on every query, from the outcome tables and
+    the classifier's judgements, which the routing log does not hold) is stored as given.
     ``families`` (agent -> model family) is read off the records' visits, when they name them.
     """
     records = list(records)
@@ -87,6 +90,7 @@ def build_report(records: Sequence[RoutingRecord], agents: Sequence[str],
         "methods": _ordered_methods({r.method for r in records}),
         "groups": [g for g in MAIN_GROUPS if g in groups_seen] + sorted(set(groups_seen) - set(MAIN_GROUPS)),
         "results": results,
+        **({"assessors": dict(assessors)} if assessors else {}),
         "meta": dict(meta or {}),
     }
 
@@ -104,7 +108,8 @@ def _attach_intervals(figures_by_method: dict, records: Sequence[RoutingRecord])
 
 def recompute_report(routing_log_path: str | os.PathLike, report: Mapping) -> dict:
     """Rebuild a report from a routing log with the pool/costs/meta stored in ``report``."""
-    return build_report(read_routing_log(routing_log_path), report["agents"], report["costs"], report.get("meta"))
+    return build_report(read_routing_log(routing_log_path), report["agents"], report["costs"], report.get("meta"),
+                        report.get("assessors"))
 
 
 def _next_prev_path(workdir: Path) -> Path:

@@ -237,6 +237,12 @@ class ClassifierRouter:
             p_ra[index] = self._fitted(alpha).predict(features_rd[index])
         return p_ra
 
+    def capable(self, rows: Sequence[OutcomeRow], features_rd: np.ndarray) -> np.ndarray:
+        """[R, A]: the router judges the agent able to answer, P(correct) ≥ its threshold at the row's α."""
+        p_ra = self.predict(rows, features_rd)
+        threshold_r = np.array([self.thresholds[round(row.alpha, 6)] for row in rows])
+        return p_ra >= threshold_r[:, None]
+
     def route(self, rows: Sequence[OutcomeRow], features_rd: np.ndarray) -> list[RoutingRecord]:
         p_ra = self.predict(rows, features_rd)
         choice_r = np.zeros(len(rows), dtype=int)
