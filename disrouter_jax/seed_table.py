@@ -109,15 +109,7 @@ def format_table(table: dict, markdown: bool = False) -> str:
                 else:
                     cells.append(f"{row['vs_disrouter_mean']:+.3f} ({row['seeds_ci_above_zero']}/{len(seeds)})")
             body.append(cells)
-        if markdown:
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(c) + " |" for c in body]
-        else:
-            widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-            for r in [header] + body:
-                lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        lines.append("")
+        lines += _render(header, body, markdown) + [""]
     lines += _format_assessors(table.get("assessors", {}), len(seeds), markdown)
     return "\n".join(lines)
 
@@ -139,13 +131,14 @@ def _format_assessors(assessors: dict, num_seeds: int, markdown: bool) -> list[s
         body.append(cells)
     lines = [f"{'### ' if markdown else '['}in_domain{'' if markdown else ']'} assessor F1 per agent "
              f"(positive: the agent's answer would be wrong), mean over {num_seeds} seeds (each seed's)"]
+    return lines + _render(header, body, markdown) + [""]
+
+
+def _render(header: list[str], body: list[list[str]], markdown: bool) -> list[str]:
     if markdown:
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-    else:
-        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
-    return lines + [""]
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in body]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
 
 
 def main(argv: list[str] | None = None) -> int:
