@@ -213,10 +213,14 @@ def plot_agent_share(report: Mapping, path: str | os.PathLike, method: str = DIS
     for ax, group in zip(axes, groups):
         keys = [k for k in report["alphas"] if method in report["results"][k].get(group, {})]
         bottom = [0.0] * len(keys)
+        # Bars at integer positions labelled by α: text keys would make matplotlib log a
+        # "categorical units" notice for every bar.
+        positions = list(range(len(keys)))
         for agent in report["agents"]:
             share = [report["results"][k][group][method]["final_share"][agent] for k in keys]
-            ax.bar(keys, share, bottom=bottom, label=agent)
+            ax.bar(positions, share, bottom=bottom, label=agent)
             bottom = [b + s for b, s in zip(bottom, share)]
+        ax.set_xticks(positions, keys)
         ax.set(title=f"{method}: final agent share ({group})", xlabel="alpha", ylabel="share of queries", ylim=(0, 1))
     axes[-1].legend(fontsize="small")
     figure.savefig(path, format="png")

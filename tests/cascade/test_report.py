@@ -83,11 +83,13 @@ def test_build_report_rejects_duplicates():
         report.build_report(records + records[:1], POOL, COSTS)
 
 
-def test_plots_are_valid_pngs(tmp_path):
+def test_plots_are_valid_pngs(tmp_path, caplog):
     import matplotlib.image
 
     built = report.build_report(_records(), POOL, COSTS)
-    paths = report.write_plots(tmp_path, built)
+    with caplog.at_level("INFO"):
+        paths = report.write_plots(tmp_path, built)
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib")]  # no notice per bar
     assert [p.name for p in paths] == list(report.PLOT_FILES)
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
