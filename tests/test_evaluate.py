@@ -230,6 +230,13 @@ def test_replay_mode_rescores_any_subpool_without_models(evaluated, monkeypatch)
         for record in cascade:
             assert [v.decision for v in record.visited] == sa.expected_route(by_id[(record.dataset, record.query_id)], levels)
         assert set(got["methods"]) == set(METHODS) and (out / report.PLOT_FILES[0]).exists()
+        # The assessors of the sub-pool: only its deciding agent, judged on the sub-pool's rows.
+        for method in ("disrouter", "classifier_router"):
+            assert list(got["assessors"][method]["0.5"]["in_domain"]) == [subpool[0]]
+        # Its scenario replies are the full pool's: the same self-assessment as in the full pool.
+        assert got["assessors"]["disrouter"] == {
+            key: {domain: {subpool[0]: scores[subpool[0]]} for domain, scores in by_domain.items()}
+            for key, by_domain in built["assessors"]["disrouter"].items()}
 
 
 def test_split_devices_is_disjoint_and_gives_spares_to_big_agents():
