@@ -165,6 +165,9 @@ def _eval_config(pool_dir):
     config.rl.prompts_per_step = 4
     config.rl.warmup_steps = 1
     config.assess.enabled = False
+    config.label.num_samples = 2
+    config.rl.group_size = 2
+    config.eval.routers = ("frugalgpt",)  # no classifier router: its query-embedding programs cost seconds
     config.eval.router_train_per_task = 6
     config.eval.router_steps = 20
     config.eval.max_new_tokens = 12
