@@ -84,6 +84,9 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.pool.toy = False
     c.pool.dir = ""  # toy: where the pool is built; empty = <workdir>/pool
     c.pool.reduced = False  # toy: the small pool used by tests
+    # toy: a mixed pool, its second agent a Llama with a Llama-3 tokenizer and template
+    # (toy.pool_config.mixed_agents); off, the pool is the Qwen2/ChatML one, unchanged.
+    c.pool.mixed = False
     c.pool.agents = paper_pool()
     # Which agents to train; the last agent always answers, so its refusals are never used.
     c.pool.train_last_agent = False

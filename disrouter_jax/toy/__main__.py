@@ -1,6 +1,6 @@
 """Command line for the toy agent pool.
 
-    python -m disrouter_jax.toy build --out DIR [--reduced] [--seed N] [--overwrite] [--quiet] [--workers N]
+    python -m disrouter_jax.toy build --out DIR [--reduced] [--mixed] [--seed N] [--overwrite] [--quiet] [--workers N]
     python -m disrouter_jax.toy show --out DIR
 
 `build` builds (or reuses, or completes) the pool in DIR and prints one line per agent: name,
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build (or reuse / complete) a toy pool")
     build.add_argument("--out", required=True, help="pool directory (created if absent)")
     build.add_argument("--reduced", action="store_true", help="the small test-sized pool (PoolConfig.reduced)")
+    build.add_argument("--mixed", action="store_true",
+                       help="a mixed pool: its second agent a Llama with a Llama-3 tokenizer (PoolConfig mixed=True)")
     build.add_argument("--seed", type=int, default=0, help="world and pool seed (default 0)")
     build.add_argument("--overwrite", action="store_true",
                        help="replace agents built with a different config (otherwise an error)")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "build":
-            config = PoolConfig.reduced(seed=args.seed) if args.reduced else PoolConfig.default(seed=args.seed)
+            make = PoolConfig.reduced if args.reduced else PoolConfig.default
+            config = make(seed=args.seed, mixed=args.mixed)
             started = time.perf_counter()
             pool = build_pool(args.out, config, progress=not args.quiet, overwrite=args.overwrite,
                               workers=args.workers)

@@ -1,4 +1,4 @@
-"""The toy agent pool: tiny Qwen2 agents of increasing size pre-trained on the toy world.
+"""The toy agent pool: tiny agents of increasing size pre-trained on the toy world.
 
 `build_pool(out_dir, config)` builds (or reuses) a pool directory::
 
@@ -7,13 +7,17 @@
                                 cost, params, held-out accuracy per family, build seconds), the
                                 world config and the config hash
       tokenizer/                the world's tokenizer (also copied into every agent)
+      tokenizer-<dialect>/      mixed pools only: the world's tokenizer of another dialect (e.g.
+                                llama3), copied into that dialect's agents
       tasks/toy_knowledge/{train,test}.jsonl, tasks/toy_skill/..., tasks/toy_ood/test.jsonl
                                 the registered toy tasks' files
       agents/<name>/            a normal Hugging Face model directory: config.json,
                                 model.safetensors, generation_config.json, tokenizer files, and
                                 toy_agent.json (written last: the agent's completion record)
 
-An agent is "a Hugging Face model directory + a cost", exactly like a Qwen2.5 agent. Each agent is
+An agent is "a Hugging Face model directory + a cost", exactly like a Qwen2.5 agent. Agents are
+Qwen2 with the ChatML tokenizer, except in a mixed pool (`PoolConfig.reduced(mixed=True)`), where
+one is a Llama with a Llama-3 tokenizer and template (`AgentSpec.family` / `.dialect`). Each agent is
 pre-trained from scratch by the project's jitted SFT step (`toy.pretrain`), saved, reloaded from
 its directory and scored on the held-out queries with greedy generation and the toy tasks' checker.
 Configuration: `toy.pool_config` (re-exported here).
@@ -41,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from disrouter_jax import runtime
-from disrouter_jax.models import qwen2
+from disrouter_jax.models import hf_io
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.pool_config import (
     FORMAT_VERSION, AgentSpec, PoolConfig, default_costs, stable_hash)
 from disrouter_jax.toy.pretrain import PromptIds, plain_messages, pretrain_agent, score_agent, special_ids
-from disrouter_jax.toy.tokenizer import build_tokenizer, load_tokenizer
+from disrouter_jax.toy.tokenizer import CHATML, build_tokenizer, dialect_named, load_tokenizer
 from disrouter_jax.toy.world import FAMILIES, HELDOUT, ToyWorld
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class PoolAgent:
     heldout_total: Mapping[str, int]
     heldout_correct_scenario: Mapping[str, int]  # greedy, under the SCENARIO_PROBE_ALPHA routing prompt
     build_seconds: float
+    family: str = "qwen2"  # model family (config.json's model_type)
+    dialect: str = CHATML.name  # tokenizer dialect (`toy.tokenizer.DIALECTS`)
 
     @property
     def heldout_accuracy(self) -> dict[str, float]:
@@ -104,8 +110,13 @@ class Pool:
     agents: tuple[PoolAgent, ...]  # cost order
     config: PoolConfig
     config_hash: str
-    tokenizer_dir: Path
+    tokenizer_dir: Path  # the ChatML tokenizer's
     task_dirs: Mapping[str, Path]  # task name -> directory of its {train,test}.jsonl
+    tokenizer_dirs: Mapping[str, Path] = dataclasses.field(default_factory=dict)  # dialect -> dir (all of them)
+
+    @property
+    def families(self) -> dict[str, str]:
+        return {a.name: a.family for a in self.agents}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -136,12 +147,15 @@ class Pool:
             return f"{correct:>4}/{total:<4} {correct / max(total, 1):>6.1%}"
 
         titles = [f"heldout {f}" for f in FAMILIES] + ["heldout all", f"all, alpha={SCENARIO_PROBE_ALPHA}"]
-        lines = [f"{'agent':<10} {'params':>9} {'cost':>5} " + " ".join(f"{t:>17}" for t in titles) + f" {'build s':>8}"]
+        mixed = any(a.family != "qwen2" or a.dialect != CHATML.name for a in self.agents)
+        kind = (lambda a: f" {a.family + '/' + a.dialect:<14}") if mixed else (lambda a: "")
+        lines = [f"{'agent':<10}" + (f" {'family/tokens':<14}" if mixed else "") + f" {'params':>9} {'cost':>5} "
+                 + " ".join(f"{t:>17}" for t in titles) + f" {'build s':>8}"]
         for a in self.agents:
             cells = [cell(a.heldout_correct[f], a.heldout_total[f]) for f in FAMILIES]
             cells.append(cell(a.heldout_correct_total, a.heldout_total_all))
             cells.append(cell(sum(a.heldout_correct_scenario.values()), a.heldout_total_all))
-            lines.append(f"{a.name:<10} {a.num_params:>9,} {a.cost:>5.2f} " + " ".join(f"{c:>17}" for c in cells)
+            lines.append(f"{a.name:<10}{kind(a)} {a.num_params:>9,} {a.cost:>5.2f} " + " ".join(f"{c:>17}" for c in cells)
                          + f" {a.build_seconds:>8.1f}")
         return "\n".join(lines)
 
@@ -183,13 +197,20 @@ def _fresh_tmp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
-def _ensure_tokenizer(world: ToyWorld, out_dir: Path):
-    tokenizer_dir = out_dir / TOKENIZER_DIR
-    world_hash = stable_hash({"format_version": FORMAT_VERSION, "world": dataclasses.asdict(world.config)})
+def tokenizer_dir_name(dialect: str) -> str:
+    return TOKENIZER_DIR if dialect == CHATML.name else f"{TOKENIZER_DIR}-{dialect}"
+
+
+def _ensure_tokenizer(world: ToyWorld, out_dir: Path, dialect: str = CHATML.name):
+    tokenizer_dir = out_dir / tokenizer_dir_name(dialect)
+    key = {"format_version": FORMAT_VERSION, "world": dataclasses.asdict(world.config)}
+    if dialect != CHATML.name:  # ChatML's hash stays the one default pools were built with
+        key["dialect"] = dialect
+    world_hash = stable_hash(key)
     record = _read_record(tokenizer_dir, TOKENIZER_RECORD_FILE)
     if record is None or record.get("world_hash") != world_hash:
-        tmp = _fresh_tmp_dir(out_dir, TOKENIZER_DIR)
-        build_tokenizer(world, tmp)
+        tmp = _fresh_tmp_dir(out_dir, tokenizer_dir.name)
+        build_tokenizer(world, tmp, dialect=dialect_named(dialect))
         _write_json_atomic(tmp / TOKENIZER_RECORD_FILE, {"world_hash": world_hash})
         _replace_dir(tmp, tokenizer_dir)
     return load_tokenizer(tokenizer_dir), tokenizer_dir
@@ -200,11 +221,12 @@ def _tokenizer_files(tokenizer_dir: Path) -> list[Path]:
 
 
 def _write_generation_config(agent_dir: Path, tokenizer) -> None:
-    """Like Qwen2.5-Instruct's: stop at <|im_end|> or <|endoftext|>, pad with <|endoftext|>."""
+    """Like Qwen2.5-Instruct's: stop at <|im_end|> or <|endoftext|>, pad with <|endoftext|> (bos:
+    <|endoftext|> too); like Llama 3's: stop at <|eot_id|> or <|end_of_text|>, bos <|begin_of_text|>."""
     from transformers import GenerationConfig
 
     ids = special_ids(tokenizer)
-    GenerationConfig(bos_token_id=ids["pad"], eos_token_id=[ids["eos"], ids["pad"]], pad_token_id=ids["pad"],
+    GenerationConfig(bos_token_id=ids["bos"], eos_token_id=[ids["eos"], ids["pad"]], pad_token_id=ids["pad"],
                      do_sample=False).save_pretrained(agent_dir)
 
 
@@ -215,12 +237,12 @@ def _build_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, tok
     started = time.perf_counter()
     model, report = pretrain_agent(config, level, world, tokenizer, progress=progress, prompt_ids=prompt_ids)
     tmp = _fresh_tmp_dir(agents_dir, spec.name)
-    qwen2.save_pretrained(model, tmp, overwrite=True)
+    hf_io.save_pretrained(model, tmp, overwrite=True)
     for path in _tokenizer_files(tokenizer_dir):
         shutil.copy2(path, tmp / path.name)
     _write_generation_config(tmp, tokenizer)
     # Score the agent as every later stage will see it: reloaded from its own directory.
-    saved = qwen2.from_pretrained(tmp)
+    saved = hf_io.from_pretrained(tmp)
     correct, correct_scenario = score_agent(saved, tokenizer, world, alphas=(None, SCENARIO_PROBE_ALPHA),
                                             max_new_tokens=config.eval_max_new_tokens, model_dir=tmp)
     totals = {f: len(world.queries_for(HELDOUT, f)) for f in FAMILIES}
@@ -307,15 +329,21 @@ def _build_agent_in_process(config_dict: dict[str, Any], level: int, tokenizer_d
                         progress=False, prompt_ids=PromptIds(tokenizer))
 
 
-def _build_agents(config: PoolConfig, levels: list[int], world: ToyWorld, tokenizer, tokenizer_dir: Path,
+def _build_agents(config: PoolConfig, levels: list[int], world: ToyWorld, tokenizers: Mapping[str, tuple[Any, Path]],
                   out_dir: Path, *, progress: bool, workers: int) -> dict[int, dict[str, Any]]:
-    """Pre-train, save and score the agents `levels`; {level: completion record}."""
+    """Pre-train, save and score the agents `levels`, each with the tokenizer of its dialect
+    (`tokenizers`: dialect -> (tokenizer, directory)); {level: completion record}."""
     for level in levels:
         logger.info("agent %s: building (level %d of %d)", config.agents[level].name, level, len(config.agents))
     if workers <= 1 or len(levels) <= 1:
-        prompt_ids = PromptIds(tokenizer)
-        return {level: _build_agent(config, level, world, tokenizer, tokenizer_dir, out_dir, progress=progress,
-                                    prompt_ids=prompt_ids) for level in levels}
+        prompt_ids = {dialect: PromptIds(tokenizer) for dialect, (tokenizer, _) in tokenizers.items()}
+        records = {}
+        for level in levels:
+            dialect = config.agents[level].dialect
+            tokenizer, tokenizer_dir = tokenizers[dialect]
+            records[level] = _build_agent(config, level, world, tokenizer, tokenizer_dir, out_dir, progress=progress,
+                                          prompt_ids=prompt_ids[dialect])
+        return records
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -332,7 +360,8 @@ def _build_agents(config: PoolConfig, levels: list[int], world: ToyWorld, tokeni
                              initargs=(core_groups,)) as executor, \
             tqdm(total=len(levels), desc=f"agents ({workers} at once)", unit="agent", disable=not progress) as bar:
         order = sorted(levels, reverse=True)
-        futures = {executor.submit(_build_agent_in_process, config.to_dict(), level, str(tokenizer_dir), str(out_dir),
+        futures = {executor.submit(_build_agent_in_process, config.to_dict(), level,
+                                   str(tokenizers[config.agents[level].dialect][1]), str(out_dir),
                                    last=level == order[-1]): level for level in order}
         for future in as_completed(futures):
             records[futures[future]] = future.result()
@@ -369,7 +398,9 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / AGENTS_DIR).mkdir(exist_ok=True)
     world = ToyWorld(config.world)
-    tokenizer, tokenizer_dir = _ensure_tokenizer(world, out_dir)
+    # ChatML's first (every pool has it: `Pool.tokenizer_dir`), then any other dialect's.
+    dialects = [CHATML.name] + sorted({a.dialect for a in config.agents} - {CHATML.name})
+    tokenizers = {dialect: _ensure_tokenizer(world, out_dir, dialect) for dialect in dialects}
     toy_tasks.write_task_files(world, out_dir / TASKS_DIR)
 
     records: dict[int, dict[str, Any]] = {}
@@ -386,7 +417,7 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
                             f"{record.get('fingerprint')}, expected {config.agent_fingerprint(level)}); "
                             "use another output directory or pass overwrite=True (--overwrite)")
         missing.append(level)
-    records.update(_build_agents(config, missing, world, tokenizer, tokenizer_dir, out_dir, progress=progress,
+    records.update(_build_agents(config, missing, world, tokenizers, out_dir, progress=progress,
                                  workers=default_workers() if workers is None else workers))
     records = [records[level] for level in range(len(config.agents))]
 
@@ -408,10 +439,14 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
              "heldout_correct": r["heldout_correct"], "heldout_total": r["heldout_total"],
              "heldout_correct_scenario": r["heldout_correct_scenario"],
              "scenario_probe_alpha": r["scenario_probe_alpha"],
-             "build_seconds": r["build_seconds"]}
-            for r, cost in zip(records, config.agent_costs)
+             "build_seconds": r["build_seconds"],
+             # Mixed pools only, so that a default pool's manifest stays byte for byte as it was.
+             **({"family": spec.family, "dialect": spec.dialect} if config.is_mixed else {})}
+            for r, cost, spec in zip(records, config.agent_costs, config.agents)
         ],
     }
+    if config.is_mixed:
+        manifest["tokenizers"] = {dialect: tokenizer_dir_name(dialect) for dialect in dialects}
     _write_json_atomic(manifest_path, manifest)
     return load_pool(out_dir)
 
@@ -438,13 +473,16 @@ def load_pool(out_dir: str | os.PathLike) -> Pool:
                 num_params=int(entry["params"]), heldout_correct=dict(entry["heldout_correct"]),
                 heldout_total=dict(entry["heldout_total"]),
                 heldout_correct_scenario=dict(entry["heldout_correct_scenario"]),
-                build_seconds=float(entry["build_seconds"])))
+                build_seconds=float(entry["build_seconds"]),
+                family=str(entry.get("family", "qwen2")), dialect=str(entry.get("dialect", CHATML.name))))
         task_dirs = {name: out_dir / rel for name, rel in manifest["tasks"].items()}
         tokenizer_dir = out_dir / manifest["tokenizer"]
+        tokenizer_dirs = {dialect: out_dir / rel
+                          for dialect, rel in manifest.get("tokenizers", {CHATML.name: manifest["tokenizer"]}).items()}
         config_hash = manifest["config_hash"]
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, PoolError):
             raise
         raise PoolError(f"{manifest_path}: malformed pool manifest ({type(err).__name__}: {err})") from err
     return Pool(root=out_dir, agents=tuple(agents), config=config, config_hash=config_hash,
-                tokenizer_dir=tokenizer_dir, task_dirs=task_dirs)
+                tokenizer_dir=tokenizer_dir, task_dirs=task_dirs, tokenizer_dirs=tokenizer_dirs)

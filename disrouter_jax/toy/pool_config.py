@@ -1,7 +1,9 @@
 """Configuration of a toy agent pool: the world, the agent ladder, pre-training knobs, costs.
 
-`PoolConfig()` is the default 5-agent pool, `PoolConfig.reduced()` a 3-agent one for unit tests.
-Hashes of the config (`fingerprint`, `agent_fingerprint`) decide what a rebuild may reuse.
+`PoolConfig()` is the default 5-agent pool, `PoolConfig.reduced()` a 3-agent one for unit tests;
+`mixed=True` makes either a mixed pool (`mixed_agents`: its second agent a Llama with a Llama-3
+tokenizer). Hashes of the config (`fingerprint`, `agent_fingerprint`) decide what a rebuild may
+reuse.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from disrouter_jax.models import qwen2
+from disrouter_jax.models import families
+from disrouter_jax.models.config import ModelConfig
 from disrouter_jax.toy.world import WorldConfig
 
 # Bump when the build procedure changes in a way that changes the agents: old pools then stop
@@ -39,6 +42,11 @@ class AgentSpec:
     batch_size: int
     learning_rate: float
     num_kv_heads: int | None = None  # None: = num_heads (plain multi-head attention)
+    # Model family and tokenizer dialect (`toy.tokenizer.DIALECTS`). At their defaults these three
+    # fields are left out of `to_dict`, so the default pools' hashes and files stay what they were.
+    family: str = "qwen2"
+    dialect: str = "chatml"
+    tie_word_embeddings: bool = True
 
     def __post_init__(self):
         def fail(field: str, requirement: str):
@@ -56,16 +64,38 @@ class AgentSpec:
             fail("num_kv_heads", f"must divide num_heads={self.num_heads}")
         if not self.learning_rate > 0:
             fail("learning_rate", "must be > 0")
+        if self.family not in families.FAMILIES:
+            fail("family", f"must be one of {sorted(families.FAMILIES)}")
+        if self.dialect not in TOKENIZER_DIALECTS:
+            fail("dialect", f"must be one of {TOKENIZER_DIALECTS}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            fail("tie_word_embeddings", "must be a bool")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as hashed and written to pool.json: the family fields only where they differ
+        from the defaults (a default agent serialises exactly as before they existed)."""
+        out = dataclasses.asdict(self)
+        for field, default in _FAMILY_FIELD_DEFAULTS.items():
+            if out[field] == default:
+                del out[field]
+        return out
 
     def model_config(self, vocab_size: int, *, eos_token_id: int, bos_token_id: int | None,
-                     rope_theta: float, max_position_embeddings: int) -> qwen2.Qwen2Config:
-        return qwen2.Qwen2Config(
+                     rope_theta: float, max_position_embeddings: int) -> ModelConfig:
+        return families.make_config(
+            self.family,
             vocab_size=vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_layers=self.num_layers, num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads or self.num_heads, head_dim=self.hidden_size // self.num_heads,
-            rope_theta=rope_theta, tie_word_embeddings=True,
+            rope_theta=rope_theta, tie_word_embeddings=self.tie_word_embeddings,
             max_position_embeddings=max_position_embeddings,
             bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+
+
+# Names of `toy.tokenizer.DIALECTS` (not imported: this module stays free of tokenizers).
+TOKENIZER_DIALECTS = ("chatml", "llama3")
+_FAMILY_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentSpec)
+                          if f.name in ("family", "dialect", "tie_word_embeddings")}
 
 
 def default_costs(num_agents: int) -> tuple[float, ...]:
@@ -99,6 +129,25 @@ _REDUCED_AGENTS = (
     AgentSpec("toy-m", hidden_size=48, num_layers=2, num_heads=4, intermediate_size=128,
               max_steps=2000, batch_size=128, learning_rate=1e-2),
 )
+
+
+# The agent of a mixed pool that is of another family: the second one, so that it is trained
+# (the last agent never is) and the cascade passes a query across families both ways.
+MIXED_LEVEL = 1
+
+
+def mixed_agents(agents: tuple[AgentSpec, ...], *, tie_word_embeddings: bool) -> tuple[AgentSpec, ...]:
+    """`agents` with agent MIXED_LEVEL a Llama (no q/k/v biases) with a Llama-3 tokenizer, same sizes.
+
+    tie_word_embeddings: untied as in Llama 3.1 8B where the ladder allows (parameter counts
+    must still increase), tied as in Llama 3.2 1B/3B where an untied head would outgrow the next
+    agent.
+    """
+    if len(agents) <= MIXED_LEVEL:
+        raise ValueError(f"mixed_agents: needs more than {MIXED_LEVEL} agents, got {len(agents)}")
+    other = dataclasses.replace(agents[MIXED_LEVEL], family="llama", dialect="llama3",
+                                tie_word_embeddings=tie_word_embeddings)
+    return agents[:MIXED_LEVEL] + (other,) + agents[MIXED_LEVEL + 1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,21 +225,36 @@ class PoolConfig:
             fail("adam_b2", "must lie in [0, 1)")
 
     @classmethod
-    def reduced(cls, seed: int = 0) -> "PoolConfig":
-        """3 small agents on `WorldConfig.reduced()`, for tests."""
-        return cls(world=WorldConfig.reduced(seed=seed), agents=_REDUCED_AGENTS, seed=seed, scenario_batch_size=32)
+    def reduced(cls, seed: int = 0, *, mixed: bool = False) -> "PoolConfig":
+        """3 small agents on `WorldConfig.reduced()`, for tests; `mixed`: toy-s an untied Llama
+        (65k parameters with the Llama-3 vocabulary, below toy-m's 85k)."""
+        agents = mixed_agents(_REDUCED_AGENTS, tie_word_embeddings=False) if mixed else _REDUCED_AGENTS
+        return cls(world=WorldConfig.reduced(seed=seed), agents=agents, seed=seed, scenario_batch_size=32)
 
     @classmethod
-    def default(cls, seed: int = 0) -> "PoolConfig":
-        """The default pool with `seed` as both the world's and the pool's seed."""
-        return cls(world=dataclasses.replace(cls().world, seed=seed), seed=seed)
+    def default(cls, seed: int = 0, *, mixed: bool = False) -> "PoolConfig":
+        """The default pool with `seed` as both the world's and the pool's seed; `mixed`: toy-s a
+        tied Llama (untied, its 151k parameters would pass toy-m's 122k)."""
+        agents = mixed_agents(_DEFAULT_AGENTS, tie_word_embeddings=True) if mixed else _DEFAULT_AGENTS
+        return cls(world=dataclasses.replace(cls().world, seed=seed), agents=agents, seed=seed)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(a.family for a in self.agents)
+
+    @property
+    def is_mixed(self) -> bool:
+        """Whether any agent differs from the default family or tokenizer dialect."""
+        return any(a.family != "qwen2" or a.dialect != "chatml" for a in self.agents)
 
     @property
     def agent_costs(self) -> tuple[float, ...]:
         return tuple(self.costs) if self.costs is not None else default_costs(len(self.agents))
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        data = dataclasses.asdict(self)
+        data["agents"] = [a.to_dict() for a in self.agents]  # the family fields only where not default
+        return json.loads(json.dumps(data))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PoolConfig":
@@ -208,7 +272,7 @@ class PoolConfig:
         """Hash of what one agent's weights depend on (costs and the other agents excluded)."""
         knobs = {k: v for k, v in self.to_dict().items() if k not in ("agents", "costs", "world")}
         return stable_hash({"format_version": FORMAT_VERSION, "world": dataclasses.asdict(self.world),
-                            "agent": dataclasses.asdict(self.agents[level]), "level": level,
+                            "agent": self.agents[level].to_dict(), "level": level,
                             "num_levels": len(self.agents), "knobs": knobs})
 
 

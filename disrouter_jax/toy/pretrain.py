@@ -1,7 +1,9 @@
 """Pre-training and scoring one toy agent with the project's own jitted training code.
 
-Data: each agent's corpus, as single-turn ChatML chats (the toy task's prompt for the bare question,
-the answer, <|im_end|>):
+Data: each agent's corpus, as single-turn chats in the agent's own template and tokenizer (ChatML,
+or Llama 3's in a mixed pool: the toy task's prompt for the bare question, the answer, the
+dialect's end of turn <|im_end|> / <|eot_id|>); the model is of the agent's family
+(`AgentSpec.family`), initialised and trained by the same code whatever the family:
   * its facts (`world.fact_rows`: every fact of the entities it saw; contested facts with their
     distractor rows in the first corpus that holds them), and
   * letter sequences to count (`world.practice_strings`, lengths up to its taught length, never
@@ -37,12 +39,13 @@ import numpy as np
 from flax import nnx
 
 from disrouter_jax.generation import BucketConfig, chat_prompt_ids, generate, stop_token_ids_for
-from disrouter_jax.models import qwen2
+from disrouter_jax.models.decoder import Decoder
+from disrouter_jax.models.config import ModelConfig
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.prompts import SUPPORTED_ALPHAS
 from disrouter_jax.toy import tasks as toy_tasks
 from disrouter_jax.toy.pool_config import PoolConfig, seed_for
-from disrouter_jax.toy.tokenizer import IM_END, PAD_TOKEN
+from disrouter_jax.toy.tokenizer import special_token_ids
 from disrouter_jax.toy.world import FAMILIES, HELDOUT, KNOWLEDGE, ToyWorld, skill_answer, skill_question
 from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.sft import TokenBatch, make_sft_step
@@ -67,7 +70,8 @@ def plain_messages(question: str, alpha: float | None = None) -> list[dict[str, 
 
 
 def special_ids(tokenizer) -> dict[str, int]:
-    return {"eos": tokenizer.convert_tokens_to_ids(IM_END), "pad": tokenizer.convert_tokens_to_ids(PAD_TOKEN)}
+    """{"eos", "pad", "bos"} of the agent's own tokenizer (its dialect's: <|im_end|> or <|eot_id|>...)."""
+    return special_token_ids(tokenizer)
 
 
 class PromptIds:
@@ -108,7 +112,7 @@ class PromptIds:
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-    """Tokenized chats, one row each: ids = prompt + answer + <|im_end|>; `answer_start` is the
+    """Tokenized chats, one row each: ids = prompt + answer + end of turn; `answer_start` is the
     index of the first answer token (everything before it is the prompt)."""
 
     ids: tuple[tuple[int, ...], ...]
@@ -222,7 +226,7 @@ def _rows_recalled(model, input_ids_bt, targets_bt, loss_mask_bt):
     return jnp.all(hits_bt | (loss_mask_bt == 0), axis=-1)
 
 
-def recalled_rows(model: qwen2.Qwen2, rows: TokenBatch, chunk: int = 512) -> np.ndarray:
+def recalled_rows(model: Decoder, rows: TokenBatch, chunk: int = 512) -> np.ndarray:
     """[B] bool per row of `rows`: greedy decoding reproduces its answer tokens exactly. Rows go
     through in chunks of `chunk` (the last one padded), so one program serves any count."""
     count = rows.input_ids_bt.shape[0]
@@ -274,11 +278,12 @@ class CompetenceCheck:
         return all(v >= self.target for v in scores.values())  # NaN (skipped) >= target is False
 
 
-def agent_model_config(config: PoolConfig, level: int, tokenizer) -> qwen2.Qwen2Config:
+def agent_model_config(config: PoolConfig, level: int, tokenizer) -> ModelConfig:
     ids = special_ids(tokenizer)
-    # As in Qwen2.5: eos = <|im_end|>, bos = <|endoftext|> (never prepended by the tokenizer).
+    # As in Qwen2.5: eos = <|im_end|>, bos = <|endoftext|> (never prepended by the tokenizer); as in
+    # Llama 3: eos = <|eot_id|>, bos = <|begin_of_text|> (the template writes it).
     return config.agents[level].model_config(
-        len(tokenizer), eos_token_id=ids["eos"], bos_token_id=ids["pad"], rope_theta=config.rope_theta,
+        len(tokenizer), eos_token_id=ids["eos"], bos_token_id=ids["bos"], rope_theta=config.rope_theta,
         max_position_embeddings=config.max_position_embeddings)
 
 
@@ -291,7 +296,7 @@ class PretrainReport:
 
 
 def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *, progress: bool = False,
-                   prompt_ids: PromptIds | None = None) -> tuple[qwen2.Qwen2, PretrainReport]:
+                   prompt_ids: PromptIds | None = None) -> tuple[Decoder, PretrainReport]:
     """Initialise agent `level` from the pool seed and pre-train it (module docstring)."""
     from tqdm.auto import tqdm
 
@@ -312,7 +317,7 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
     optim = OptimConfig(learning_rate=spec.learning_rate, total_steps=spec.max_steps,
                         warmup_steps=config.warmup_steps, decay="constant", weight_decay=config.weight_decay,
                         b2=config.adam_b2, max_grad_norm=config.max_grad_norm)
-    model = qwen2.Qwen2(agent_model_config(config, level, tokenizer), rngs=nnx.Rngs(seed_for(config.seed, level, 0)))
+    model = Decoder(agent_model_config(config, level, tokenizer), rngs=nnx.Rngs(seed_for(config.seed, level, 0)))
     state = create_train_state(model, optim)
     train_step = make_sft_step(optim)
     loss_curve: list[tuple[int, float]] = []
@@ -347,7 +352,7 @@ def pretrain_agent(config: PoolConfig, level: int, world: ToyWorld, tokenizer, *
 # --------------------------------------------------------------------------------------------
 
 
-def score_agent(model: qwen2.Qwen2, tokenizer, world: ToyWorld, *, split: str = HELDOUT,
+def score_agent(model: Decoder, tokenizer, world: ToyWorld, *, split: str = HELDOUT,
                 alphas: Sequence[float | None] = (None,), max_new_tokens: int = 10,
                 model_dir: str | os.PathLike | None = None) -> list[dict[str, tuple[str, ...]]]:
     """Greedy answers to every query of `split`, once per scenario of `alphas` (None = plain

@@ -242,3 +242,41 @@ def test_different_world_gives_different_tokenizer(world, tokenizer_dir, tmp_pat
     assert all(other.tokenize(name) == [name] for name in other_world.entities)
     stale = [n for n in world.entities if n not in other_world.entities]
     assert stale and all(len(other.tokenize(name)) > 1 for name in stale)
+
+
+# ---- the Llama-3 dialect (mixed pools) ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(world, tmp_path_factory):
+    from disrouter_jax.toy.tokenizer import LLAMA3
+
+    return build_tokenizer(world, tmp_path_factory.mktemp("toy_tokenizer_llama3"), dialect=LLAMA3)
+
+
+def test_llama3_dialect_is_lossless_with_its_own_specials_after_the_vocabulary(world, tokenizer, llama3_tokenizer):
+    from disrouter_jax.toy.tokenizer import LLAMA3, LLAMA3_SPECIAL_TOKENS, special_token_ids
+
+    texts = [q.question + " " + q.answer for q in world.queries[:200]] + [REFUSAL, string.printable]
+    assert all(_round_trips(llama3_tokenizer, t) for t in texts)
+    special = [llama3_tokenizer.convert_tokens_to_ids(t) for t in LLAMA3_SPECIAL_TOKENS]
+    # As in Llama 3: the specials follow the learned vocabulary (ChatML's come first, ids 0-2).
+    assert special == list(range(world.config.tokenizer_vocab_size, world.config.tokenizer_vocab_size + 5))
+    assert IM_END not in llama3_tokenizer.get_vocab() and LLAMA3.eos not in tokenizer.get_vocab()
+    assert special_token_ids(llama3_tokenizer) == {"eos": special[4], "pad": special[1], "bos": special[0]}
+    assert special_token_ids(tokenizer) == {"eos": 2, "pad": 0, "bos": 0}  # ChatML: bos = <|endoftext|>
+    for name in world.entities:  # one added token each, as in ChatML
+        assert llama3_tokenizer.tokenize(name) == [name]
+        assert llama3_tokenizer.tokenize(f"What is the job of {name}?")[-2:] == [name, "?"]
+    assert _ids(llama3_tokenizer, REFUSAL) != _ids(tokenizer, REFUSAL)
+
+
+def test_llama3_dialect_renders_llama3_chats_and_reloads_as_is(llama3_tokenizer):
+    messages = build_messages("Who is it?", alpha=0.5, task_format_instruction="")
+    text = llama3_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    system = messages[0]["content"]
+    assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + system + "<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\n" + messages[1]["content"] + "<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    again = AutoTokenizer.from_pretrained(llama3_tokenizer.name_or_path, local_files_only=True)
+    assert again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
+    assert _ids(again, text) == _ids(llama3_tokenizer, text)
