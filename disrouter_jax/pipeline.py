@@ -61,10 +61,7 @@ def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
         from disrouter_jax.toy import tasks as _toy_tasks  # noqa: F401  (registers the toy tasks)
 
         make = toy_pool.PoolConfig.reduced if config.pool.reduced else toy_pool.PoolConfig.default
-        mixed = config.pool.get("mixed", False)  # a config file written before the option: off
-        if not isinstance(mixed, bool):
-            raise ValueError(f"config.pool.mixed={mixed!r}: must be True or False")
-        pool = toy_pool.build_pool(toy_pool_dir(config, workdir), make(seed=config.seed, mixed=mixed),
+        pool = toy_pool.build_pool(toy_pool_dir(config, workdir), make(seed=config.seed, mixed=config.pool.mixed),
                                    progress=config.progress)
         return [AgentSpec(a.name, str(a.path), a.cost) for a in pool.agents]
     if not config.pool.agents:
