@@ -9,7 +9,6 @@ are pinned to the values main's code gives, and its files carry no trace of the 
 """
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 
 from disrouter_jax.toy.pool import POOL_FILE, PoolConfig, PoolError
 from disrouter_jax.toy.pool_config import MIXED_LEVEL
+from tests.toy.tiny_sat import tiny_sat_config
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = {"toy-xs": "qwen2", "toy-s": "llama", "toy-m": "qwen2"}
 # PoolConfig.reduced()'s hashes under main's code (82e873b), before the mixed option existed.
 REDUCED_FINGERPRINT = "f44a84ca642a647b"
@@ -148,23 +147,9 @@ def test_the_cli_and_the_config_option_select_the_mixed_pool(mixed_pool, capsys)
 
 
 def _eval_config(pool_dir):
-    spec = importlib.util.spec_from_file_location("eval_cascade", PROJECT_ROOT / "configs" / "eval_cascade.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("toy")
-    config.progress = False
-    config.pool.dir = str(pool_dir)
-    config.pool.reduced = True
+    config = tiny_sat_config(pool_dir, train_per_task=8, sft_steps=2, rl_steps=1)
     config.pool.mixed = True
-    config.data.train_per_task = 8
     config.data.eval_per_task = 6
-    config.sft.steps = 2
-    config.sft.batch_size = 8
-    config.sft.warmup_steps = 1
-    config.rl.steps = 1
-    config.rl.prompts_per_step = 4
-    config.rl.warmup_steps = 1
-    config.assess.enabled = False
     config.label.num_samples = 2
     config.rl.group_size = 2
     config.eval.routers = ("frugalgpt",)  # no classifier router: its query-embedding programs cost seconds

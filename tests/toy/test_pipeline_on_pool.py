@@ -3,33 +3,12 @@ modularity: every agent is trained on its own, so retraining one leaves every ot
 as they were."""
 
 import hashlib
-import importlib.util
 import shutil
 from pathlib import Path
 
 from disrouter_jax import agents as agents_lib
 from disrouter_jax import pipeline
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _config(pool_dir):
-    spec = importlib.util.spec_from_file_location("eval_cascade", PROJECT_ROOT / "configs" / "eval_cascade.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("toy")
-    config.progress = False
-    config.pool.dir = str(pool_dir)
-    config.pool.reduced = True
-    config.data.train_per_task = 12
-    config.sft.steps = 3
-    config.sft.batch_size = 8
-    config.sft.warmup_steps = 1
-    config.rl.steps = 2
-    config.rl.prompts_per_step = 4
-    config.rl.warmup_steps = 1
-    config.assess.enabled = False
-    return config
+from tests.toy.tiny_sat import tiny_sat_config
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -38,7 +17,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_training_writes_one_directory_per_agent_and_retraining_one_touches_no_other(reduced_pool, tmp_path):
-    config = _config(reduced_pool.root)
+    config = tiny_sat_config(reduced_pool.root, train_per_task=12, sft_steps=3, rl_steps=2)
     workdir = tmp_path / "work"
     specs = pipeline.ensure_trained_pool(config, workdir)
     names = [a.name for a in reduced_pool.agents]
