@@ -147,7 +147,7 @@ class Pool:
             return f"{correct:>4}/{total:<4} {correct / max(total, 1):>6.1%}"
 
         titles = [f"heldout {f}" for f in FAMILIES] + ["heldout all", f"all, alpha={SCENARIO_PROBE_ALPHA}"]
-        mixed = any(a.family != "qwen2" or a.dialect != CHATML.name for a in self.agents)
+        mixed = self.config.is_mixed
         kind = (lambda a: f" {a.family + '/' + a.dialect:<14}") if mixed else (lambda a: "")
         lines = [f"{'agent':<10}" + (f" {'family/tokens':<14}" if mixed else "") + f" {'params':>9} {'cost':>5} "
                  + " ".join(f"{t:>17}" for t in titles) + f" {'build s':>8}"]

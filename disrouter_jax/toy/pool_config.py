@@ -239,10 +239,6 @@ class PoolConfig:
         return cls(world=dataclasses.replace(cls().world, seed=seed), agents=agents, seed=seed)
 
     @property
-    def families(self) -> tuple[str, ...]:
-        return tuple(a.family for a in self.agents)
-
-    @property
     def is_mixed(self) -> bool:
         """Whether any agent differs from the default family or tokenizer dialect."""
         return any(a.family != "qwen2" or a.dialect != "chatml" for a in self.agents)

@@ -204,3 +204,9 @@ def test_label_sft_rl_cascade_and_report_run_on_the_mixed_pool(mixed_pool, tmp_p
     assert asked["toy-s"] != asked["toy-xs"] == asked["toy-m"]
     assert set(built["meta"]["refusal_tokens"]) == set(FAMILIES)
 
+
+def test_the_config_knows_every_tokenizer_dialect_by_name():
+    from disrouter_jax.toy import pool_config, tokenizer
+
+    # pool_config keeps its own copy of the names (it stays free of tokenizers): they must agree.
+    assert set(pool_config.TOKENIZER_DIALECTS) == set(tokenizer.DIALECTS)
