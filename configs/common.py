@@ -137,6 +137,12 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     # Advantages are reward minus the group mean, not divided by the group's std: the std would
     # give every scenario's groups the same push whatever their stakes (Liu et al. 2025, "Dr. GRPO").
     c.rl.normalize_advantages = False
+    # Regulariser: every step also trains, by cross-entropy weighted replay_coef, on replay_rows
+    # of the agent's own plain-prompt answers (the SFT replay rows; InstructGPT's "PPO-ptx"), so
+    # that the policy moving under the scenario prompts does not erase what it knows (0 = off;
+    # measured on the toy pool: README, "Self-Awareness Training").
+    c.rl.replay_coef = 0.5
+    c.rl.replay_rows = 16
     c.rl.learning_rate = 1e-6
     c.rl.warmup_steps = 20
     c.rl.max_grad_norm = 1.0

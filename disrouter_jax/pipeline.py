@@ -40,7 +40,7 @@ from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.rl import RLConfig, make_rl_step
 from disrouter_jax.training.rl_stage import RolloutConfig, rl_batch_fn
 from disrouter_jax.training.sft import make_sft_step
-from disrouter_jax.training.sft_stage import build_sft_data, sft_batch_fn
+from disrouter_jax.training.sft_stage import build_sft_data, replay_examples, sft_batch_fn
 from disrouter_jax.training.state import create_train_state
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
     examples = training_examples(config, workdir)
     current = Path(spec.path)
 
-    if "label" in config.stages or "sft" in config.stages:
+    rl_replay = "rl" in config.stages and config.rl.replay_coef > 0
+    if "label" in config.stages or "sft" in config.stages or rl_replay:
         label_cfg = LabelConfig(
             num_samples=config.label.num_samples, temperature=config.label.temperature,
             top_p=config.label.top_p, max_new_tokens=config.label.max_new_tokens,
@@ -241,12 +242,18 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
                 max_new_tokens=config.rl.max_new_tokens,
                 normalize_advantages=config.rl.normalize_advantages,
                 length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
+                replay_rows=config.rl.replay_rows if rl_replay else 0,
             )
+            replay = ()
+            if rl_replay:
+                replay = replay_examples(agent, records, seed=config.seed,
+                                         max_len=max(config.sft.length_buckets))
             optim = _optim(config.rl, config.rl.steps)
             state = _train_state(config, agent, optim)
             make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
-                                     reference_model=reference)
-            step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef))
+                                     reference_model=reference, replay=replay)
+            step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef,
+                                                replay_coef=config.rl.replay_coef))
             state = loop_lib.run_loop(f"{spec.name} rl", state, step, make_batch, rl_dir,
                                       _loop_cfg(config, config.rl.steps))
             export_agent(state.model(), spec.path, rl_dir / "export")

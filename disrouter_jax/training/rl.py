@@ -29,28 +29,34 @@ import numpy as np
 
 from disrouter_jax.selfaware import rewards
 from disrouter_jax.training.optim import OptimConfig
-from disrouter_jax.training.sft import safe_targets, check_same_shape, forward_logits
+from disrouter_jax.training.sft import TokenBatch, check_same_shape, forward_logits, safe_targets
 from disrouter_jax.training.state import build_train_step
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """clip_eps: PPO/GRPO ratio clip half-width (None = plain REINFORCE-with-baseline ratio loss).
-    kl_coef: weight of the k3 KL penalty to the frozen reference (needs ``ref_logprobs_bt``)."""
+    kl_coef: weight of the k3 KL penalty to the frozen reference (needs ``ref_logprobs_bt``).
+    replay_coef: weight of the cross-entropy on ``RLBatch.replay`` (the agent's own earlier
+    answers, InstructGPT's "PPO-ptx" mix) added to the policy loss."""
 
     clip_eps: float | None = 0.2
     kl_coef: float = 0.0
+    replay_coef: float = 0.0
 
     def __post_init__(self):
         if self.clip_eps is not None and not (isinstance(self.clip_eps, (int, float)) and self.clip_eps > 0):
             raise ValueError(f"RLConfig.clip_eps={self.clip_eps!r}: must be > 0 or None")
-        if not (isinstance(self.kl_coef, (int, float)) and self.kl_coef >= 0):
-            raise ValueError(f"RLConfig.kl_coef={self.kl_coef!r}: must be a number >= 0")
+        for field in ("kl_coef", "replay_coef"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"RLConfig.{field}={value!r}: must be a number >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class RLBatch:
-    """Rollout rows in the layout of the module docstring; ``advantages_b`` is one per row."""
+    """Rollout rows in the layout of the module docstring; ``advantages_b`` is one per row.
+    ``replay``: supervised rows (own rows count, any width) trained with ``RLConfig.replay_coef``."""
 
     input_ids_bt: jax.Array
     targets_bt: jax.Array
@@ -59,6 +65,7 @@ class RLBatch:
     advantages_b: jax.Array
     ref_logprobs_bt: jax.Array | None = None
     attention_mask_bt: jax.Array | None = None
+    replay: TokenBatch | None = None
 
     def validate(self) -> None:
         check_same_shape(
@@ -67,6 +74,8 @@ class RLBatch:
         rows = np.shape(self.input_ids_bt)[0]
         if np.shape(self.advantages_b) != (rows,):
             raise ValueError(f"RLBatch.advantages_b must have shape ({rows},), got {np.shape(self.advantages_b)}")
+        if self.replay is not None:
+            self.replay.validate()
 
     def replace(self, **changes) -> "RLBatch":
         return dataclasses.replace(self, **changes)
@@ -76,7 +85,7 @@ jax.tree_util.register_dataclass(
     RLBatch,
     data_fields=[
         "input_ids_bt", "targets_bt", "loss_mask_bt", "old_logprobs_bt", "advantages_b",
-        "ref_logprobs_bt", "attention_mask_bt",
+        "ref_logprobs_bt", "attention_mask_bt", "replay",
     ],
     meta_fields=[],
 )
@@ -159,17 +168,26 @@ def rl_loss(model, batch: RLBatch, cfg: RLConfig):
     metrics = dict(metrics)
     num_tokens = metrics.pop("num_tokens")
     metrics.pop("loss")
+    if cfg.replay_coef > 0:
+        replay_logits_btv = forward_logits(model, batch.replay)
+        replay_loss, _ = rewards.masked_cross_entropy(replay_logits_btv, batch.replay.targets_bt,
+                                                      batch.replay.loss_mask_bt)
+        loss = loss + cfg.replay_coef * replay_loss
+        metrics["replay_loss"] = replay_loss
     return loss, num_tokens, metrics
 
 
 def make_rl_step(optim: OptimConfig, cfg: RLConfig = RLConfig()):
     """``step(state, batch: RLBatch) -> (state, metrics)``; metrics: loss, pg_loss, kl,
     clip_fraction, ratio_mean, approx_kl_old, advantage_mean (token-weighted), num_tokens,
-    grad_norm, lr, update_applied. ``cfg.kl_coef > 0`` requires ``batch.ref_logprobs_bt``."""
+    grad_norm, lr, update_applied, and replay_loss when ``cfg.replay_coef > 0``.
+    ``cfg.kl_coef > 0`` requires ``batch.ref_logprobs_bt``, ``cfg.replay_coef > 0`` ``batch.replay``."""
 
     def validate(batch: RLBatch) -> None:
         batch.validate()
         if cfg.kl_coef > 0 and batch.ref_logprobs_bt is None:
             raise ValueError(f"RLConfig.kl_coef={cfg.kl_coef} needs RLBatch.ref_logprobs_bt (got None)")
+        if cfg.replay_coef > 0 and batch.replay is None:
+            raise ValueError(f"RLConfig.replay_coef={cfg.replay_coef} needs RLBatch.replay (got None)")
 
     return build_train_step(lambda model, batch: rl_loss(model, batch, cfg), optim, name="rl_step", validate=validate)

@@ -5,6 +5,11 @@ prompt), samples ``group_size`` responses per prompt with the current policy, re
 (+1 correct, 0 wrong, (1 − α)^γ for the refusal), turns group rewards into advantages and takes
 one clipped policy-gradient update. Prompts, α and sampling seeds are functions of the step index,
 so a resumed run reproduces the uninterrupted one.
+
+Regulariser (``replay_rows``): each step also carries that many of the agent's own plain-prompt
+answers (the SFT stage's replay rows), trained by cross-entropy beside the policy loss
+(``RLConfig.replay_coef``; InstructGPT's "PPO-ptx"). The rollouts only ever see scenario prompts,
+so nothing else holds the plain-prompt behaviour in place while the policy moves.
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ import numpy as np
 from disrouter_jax.agents import Agent
 from disrouter_jax.generation import generate
 from disrouter_jax.selfaware import rewards
-from disrouter_jax.selfaware.data import alpha_schedule
+from disrouter_jax.selfaware.data import TokenizedSFTExample, alpha_schedule, bucket_pad_batch
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.registry import get_task
 from disrouter_jax.training.lora import merge_lora
 from disrouter_jax.training.rl import rl_batch_from_rollouts
-from disrouter_jax.training.sft import sequence_logprobs
+from disrouter_jax.training.sft import TokenBatch, sequence_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,7 @@ class RolloutConfig:
     normalize_advantages: bool
     length_buckets: tuple[int, ...]
     seed: int
+    replay_rows: int = 0
 
 
 def rollout_metrics(alphas_p, correct_pg, refused_pg, rewards_pg) -> dict[str, float]:
@@ -54,20 +60,35 @@ def rollout_metrics(alphas_p, correct_pg, refused_pg, rewards_pg) -> dict[str, f
     return out
 
 
-def rl_batch_fn(agent: Agent, examples: Sequence[Example], cfg: RolloutConfig, *,
-                pad_id: int, reference_model=None):
-    """``make_batch(step, state)`` for the loop: rollouts of the current policy, rewarded."""
+def _epoch_picker(n: int, per_step: int, seed: tuple[int, ...]):
+    """``pick(step)``: indices [step * per_step, (step + 1) * per_step) of an endless stream of
+    seeded per-epoch permutations of range(n) (a pure function of the step)."""
     order_cache: dict[int, np.ndarray] = {}
-    n = len(examples)
 
-    def pick(step: int) -> list[Example]:
+    def pick(step: int) -> list[int]:
         picked = []
-        for p in range(step * cfg.prompts_per_step, (step + 1) * cfg.prompts_per_step):
+        for p in range(step * per_step, (step + 1) * per_step):
             epoch = p // n
             if epoch not in order_cache:
-                order_cache[epoch] = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-            picked.append(examples[order_cache[epoch][p % n]])
+                order_cache[epoch] = np.random.default_rng([*seed, epoch]).permutation(n)
+            picked.append(int(order_cache[epoch][p % n]))
         return picked
+
+    return pick
+
+
+def rl_batch_fn(agent: Agent, examples: Sequence[Example], cfg: RolloutConfig, *,
+                pad_id: int, reference_model=None, replay: Sequence[TokenizedSFTExample] = ()):
+    """``make_batch(step, state)`` for the loop: rollouts of the current policy, rewarded, plus
+    ``cfg.replay_rows`` rows of ``replay`` (module docstring)."""
+    if cfg.replay_rows and not replay:
+        raise ValueError(f"RolloutConfig.replay_rows={cfg.replay_rows}: no replay rows given (the agent "
+                         "has no training query it answers right at least half the time)")
+    pick_prompts = _epoch_picker(len(examples), cfg.prompts_per_step, (cfg.seed,))
+    pick_replay = _epoch_picker(len(replay), cfg.replay_rows, (cfg.seed, 11)) if cfg.replay_rows else None
+
+    def pick(step: int) -> list[Example]:
+        return [examples[i] for i in pick_prompts(step)]
 
     def make_batch(step: int, state):
         chosen = pick(step)
@@ -100,6 +121,10 @@ def rl_batch_fn(agent: Agent, examples: Sequence[Example], cfg: RolloutConfig, *
         )
         if reference_model is not None:
             batch = batch.replace(ref_logprobs_bt=sequence_logprobs(reference_model, batch))
+        if pick_replay is not None:
+            rows = [replay[i] for i in pick_replay(step)]
+            batch = batch.replace(replay=TokenBatch.from_padded(
+                bucket_pad_batch(rows, cfg.length_buckets, pad_id, batch_size=cfg.replay_rows)))
         metrics = rollout_metrics(alphas_p, correct, refused, rewards_pg)
         metrics["response_tokens"] = float(np.mean([len(r) for r in responses]))
         return batch, metrics

@@ -53,11 +53,34 @@ def scenario_prompt_ids(agent: Agent, task_name: str, question_text: str, alpha:
     return chat_prompt_ids(agent.tokenizer, messages)
 
 
-def replay_records(records: Sequence[LabelRecord], count: int, seed: int) -> list[LabelRecord]:
-    """``count`` records (with replacement only when there are fewer) whose correct answer the
-    agent gives at least REPLAY_MIN_P of the time, in a seeded order."""
+def tokenized_example(agent: Agent, task: str, question: str, response: str, alpha: float | None,
+                      max_len: int) -> TokenizedSFTExample | None:
+    """Prompt (scenario α, None = plain) + response + end of turn, or None when longer than
+    ``max_len`` (nothing is truncated: the caller drops and counts it)."""
+    eos_id = agent.tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError(f"agent {agent.name}: tokenizer has no eos_token (the end-of-turn token)")
+    prompt = scenario_prompt_ids(agent, task, question, alpha)
+    response_ids = agent.encode_response(response)
+    if len(prompt) + len(response_ids) > max_len:
+        return None
+    return tokenize_sft_example(prompt, response_ids, eos_id, max_len)
+
+
+def replay_examples(agent: Agent, records: Sequence[LabelRecord], count: int | None = None, *, seed: int,
+                    max_len: int) -> list[TokenizedSFTExample]:
+    """The plain-prompt replay rows of ``replay_records`` (those that fit ``max_len``)."""
+    rows = (tokenized_example(agent, r.task, r.prompt_question, r.correct_response, None, max_len)
+            for r in replay_records(records, count, seed))
+    return [row for row in rows if row is not None]
+
+
+def replay_records(records: Sequence[LabelRecord], count: int | None, seed: int) -> list[LabelRecord]:
+    """``count`` records (with replacement only when there are fewer; None: each once) whose
+    correct answer the agent gives at least REPLAY_MIN_P of the time, in a seeded order."""
     usable = sorted((r for r in records if r.correct_response is not None and r.p_correct >= REPLAY_MIN_P),
                     key=lambda r: (r.task, r.query_id))
+    count = len(usable) if count is None else count
     if count <= 0 or not usable:
         return []
     rng = np.random.default_rng([seed, 7])
@@ -82,20 +105,16 @@ def build_sft_data(
     replay rows making up ``replay_fraction`` of the result (module docstring)."""
     if not 0.0 <= replay_fraction < 1.0:
         raise ValueError(f"sft.replay_fraction={replay_fraction!r}: must lie in [0, 1)")
-    eos_id = agent.tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError(f"agent {agent.name}: tokenizer has no eos_token (the end-of-turn token)")
     per_alpha = max(1, num_examples // len(alphas))
     examples, accepts, dropped = [], 0, 0
 
     def add(task: str, question: str, response: str, alpha: float | None) -> bool:
         nonlocal dropped
-        prompt = scenario_prompt_ids(agent, task, question, alpha)
-        response_ids = agent.encode_response(response)
-        if len(prompt) + len(response_ids) > max_len:  # nothing is truncated: drop and count
+        example = tokenized_example(agent, task, question, response, alpha, max_len)
+        if example is None:
             dropped += 1
             return False
-        examples.append(tokenize_sft_example(prompt, response_ids, eos_id, max_len))
+        examples.append(example)
         return True
 
     for i, alpha in enumerate(alphas):
