@@ -236,24 +236,26 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             reference = None
             if config.rl.kl_coef > 0:
                 reference = load(current).model
+            replay = ()
+            if rl_replay:
+                replay = replay_examples(agent, records, seed=config.seed, max_len=max(config.sft.length_buckets))
+                if not replay:  # as in SFT: an agent that never answers right has nothing to replay
+                    logger.warning("%s: no training query answered right at least half the time; "
+                                   "RL runs without replay", spec.name)
             rollout_cfg = RolloutConfig(
                 prompts_per_step=config.rl.prompts_per_step, group_size=config.rl.group_size,
                 alphas=tuple(config.alphas), gamma=config.rl.gamma, temperature=config.rl.temperature,
                 max_new_tokens=config.rl.max_new_tokens,
                 normalize_advantages=config.rl.normalize_advantages,
                 length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
-                replay_rows=config.rl.replay_rows if rl_replay else 0,
+                replay_rows=config.rl.replay_rows if replay else 0,
             )
-            replay = ()
-            if rl_replay:
-                replay = replay_examples(agent, records, seed=config.seed,
-                                         max_len=max(config.sft.length_buckets))
             optim = _optim(config.rl, config.rl.steps)
             state = _train_state(config, agent, optim)
             make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
                                      reference_model=reference, replay=replay)
             step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef,
-                                                replay_coef=config.rl.replay_coef))
+                                                replay_coef=config.rl.replay_coef if replay else 0.0))
             state = loop_lib.run_loop(f"{spec.name} rl", state, step, make_batch, rl_dir,
                                       _loop_cfg(config, config.rl.steps))
             export_agent(state.model(), spec.path, rl_dir / "export")
