@@ -236,12 +236,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             reference = None
             if config.rl.kl_coef > 0:
                 reference = load(current).model
-            replay = ()
-            if rl_replay:
-                replay = replay_examples(agent, records, seed=config.seed, max_len=max(config.sft.length_buckets))
-                if not replay:  # as in SFT: an agent that never answers right has nothing to replay
-                    logger.warning("%s: no training query answered right at least half the time; "
-                                   "RL runs without replay", spec.name)
+            replay = rl_replay_rows(config, agent, records) if rl_replay else ()
             rollout_cfg = RolloutConfig(
                 prompts_per_step=config.rl.prompts_per_step, group_size=config.rl.group_size,
                 alphas=tuple(config.alphas), gamma=config.rl.gamma, temperature=config.rl.temperature,
@@ -266,6 +261,17 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
     assess_stages(config, spec, workdir, mesh=mesh)
     _copy_tree(current, final)
     return final
+
+
+def rl_replay_rows(config, agent: Agent, records) -> tuple:
+    """The RL stage's replay rows (``rl.replay_coef``): the SFT replay rows of ``records``. Empty,
+    with a warning, for an agent that answers no training query right at least half the time: as
+    in SFT, it has nothing of its own to replay, and RL runs without the term."""
+    replay = tuple(replay_examples(agent, records, seed=config.seed, max_len=max(config.sft.length_buckets)))
+    if not replay:
+        logger.warning("%s: no training query answered right at least half the time; RL runs without replay",
+                       agent.name)
+    return replay
 
 
 # -------------------------------------------------------------------------------- assessment

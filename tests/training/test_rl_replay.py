@@ -111,3 +111,16 @@ def test_replay_rows_without_replay_examples_are_an_error(agent):
                         max_new_tokens=3, normalize_advantages=False, length_buckets=(64,), seed=0, replay_rows=2)
     with pytest.raises(ValueError, match="replay_rows=2: no replay rows given"):
         rl_batch_fn(agent, [], cfg, pad_id=0)
+
+
+def test_an_agent_with_nothing_to_replay_trains_rl_without_it(agent, caplog):
+    import ml_collections
+
+    from disrouter_jax import pipeline
+
+    config = ml_collections.ConfigDict({"seed": 0, "sft": {"length_buckets": (64,)}})
+    assert len(pipeline.rl_replay_rows(config, agent, _records())) == 2
+    never_right = [r for r in _records() if r.p_correct < REPLAY_MIN_P]
+    with caplog.at_level("WARNING", logger="disrouter_jax.pipeline"):
+        assert pipeline.rl_replay_rows(config, agent, never_right) == ()
+    assert "a: no training query answered right at least half the time; RL runs without replay" in caplog.text
