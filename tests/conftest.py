@@ -129,7 +129,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# ------------------------------------------------------------------------- the toy pool
+# ------------------------------------------------------------------- scripted agents, toy pool
+@pytest.fixture(scope="session")
+def scripted_ladder(tmp_path_factory) -> list[Path]:
+    """The scripted ladder (tests/cascade/scripted_agents.py: agents 0, 1, 2 whose greedy replies
+    are known), built once per session. Read-only."""
+    from tests.cascade import scripted_agents as sa
+
+    return sa.build_ladder(tmp_path_factory.mktemp("scripted_ladder"))
+
+
 @pytest.fixture(scope="session")
 def reduced_pool(tmp_path_factory):
     """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
