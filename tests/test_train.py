@@ -21,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from disrouter_jax.training.metrics import read_metrics
+from tests.conftest import load_config_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ("toy-xs", "toy-s")  # the reduced pool's agents but the last, which always answers
@@ -50,6 +52,8 @@ OVERRIDES = {
     "log_every_steps": 1,  # one metrics line per step: the kill markers
     "progress": False,
 }
+LORA = {"lora.enabled": True}
+LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")  # the default lora.targets
 TIMING_KEYS = ("step_seconds", "tokens_per_second")
 RUN_TIMEOUT_S = 600
 
@@ -71,16 +75,22 @@ class Trainer:
         self.pool_dir, self.env, self.logs = pool_dir, _env(cache_dir), logs
         self.launches = 0
 
-    def command(self, workdir: Path) -> list[str]:
+    def command(self, workdir: Path, extra: dict | None = None) -> list[str]:
         return [sys.executable, "-m", "disrouter_jax.train", "--config", "configs/rl_alpha05.py:toy",
                 f"--workdir={workdir}", f"--config.pool.dir={self.pool_dir}",
-                *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+                *(f"--config.{k}={v}" for k, v in {**OVERRIDES, **(extra or {})}.items())]
 
-    def start(self, workdir: Path):
+    def config(self, extra: dict | None = None):
+        """The ConfigDict those flags give, built in this process."""
+        config = load_config_module("rl_alpha05.py").get_config("toy")
+        load_config_module("common.py").apply_overlay(config, {**OVERRIDES, "pool.dir": str(self.pool_dir), **(extra or {})})
+        return config
+
+    def start(self, workdir: Path, extra: dict | None = None):
         self.launches += 1
         out = open(self.logs / f"run{self.launches}.out", "w")
         err = open(self.logs / f"run{self.launches}.err", "w")
-        proc = subprocess.Popen(self.command(workdir), cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=err)
+        proc = subprocess.Popen(self.command(workdir, extra), cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=err)
         proc.log_files = (out, err)
         return proc
 
@@ -160,10 +170,27 @@ def trainer(reduced_pool, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(trainer, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted") / "work"
-    out, err = trainer.run(workdir)
-    return workdir, out, err
+def runs(trainer, tmp_path_factory):
+    """Two uninterrupted runs side by side (the test process only waits): full fine-tuning, and
+    LoRA as the README runs it (``--config.lora.enabled=True``)."""
+    root = tmp_path_factory.mktemp("runs")
+    procs = {"full": trainer.start(root / "full"), "lora": trainer.start(root / "lora", LORA)}
+    results = {}
+    try:
+        for name, proc in procs.items():
+            rc, out, err = trainer.finish(proc)
+            assert rc == 0, f"the {name} run exited {rc}:\n{err[-4000:]}"
+            results[name] = (root / name, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                trainer.finish(proc, timeout=1)
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs):
+    return runs["full"]
 
 
 def test_the_cli_labels_fine_tunes_reinforces_and_exports_every_agent(trainer, uninterrupted, reduced_pool):
@@ -244,3 +271,52 @@ def test_rerunning_a_finished_workdir_changes_nothing_and_retraining_one_agent_t
     assert {k: v for k, v in _digests(workdir).items() if k.startswith(f"agents/{kept}/")} == \
            {k: v for k, v in before.items() if k.startswith(f"agents/{kept}/")}
     assert _outputs(workdir) == _outputs(reference)
+
+
+def test_lora_trains_adapters_only_and_transformers_runs_the_merged_export_as_trained(trainer, runs, reduced_pool):
+    """Each stage's checkpoint holds the adapters it trained (on top of the agent it started
+    from); the merged export that transformers loads gives that model's logits."""
+    import torch
+    from flax import nnx
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    from disrouter_jax import agents as agents_lib
+    from disrouter_jax import pipeline
+    from disrouter_jax.agents import AgentSpec
+    from disrouter_jax.training.checkpoint import TrainCheckpointer
+    from disrouter_jax.training.lora import LoRAParam
+
+    workdir = runs["lora"][0]
+    config = trainer.config(LORA)
+    ids = np.random.default_rng(0).integers(0, 500, (2, 9))
+    for pool_agent in reduced_pool.agents[:len(TRAINED)]:
+        agent_dir = workdir / "agents" / pool_agent.name
+        starts = {"sft": trainer.pool_dir / "agents" / pool_agent.name, "rl": agent_dir / "sft" / "export"}
+        for stage, start in starts.items():
+            agent = agents_lib.load_agent(AgentSpec(pool_agent.name, str(start), pool_agent.cost),
+                                          dtype=config.dtype, param_dtype=config.param_dtype)
+            template = pipeline._train_state(config, agent, pipeline._optim(config[stage], config[stage].steps))
+            with TrainCheckpointer(agent_dir / stage / "checkpoints") as ckpt:
+                restored = ckpt.restore(template)
+            assert restored.step == config[stage].steps
+            trained = restored.state.model()
+            # Only adapters were trained and checkpointed, and training moved them (B starts at 0).
+            flat = list(nnx.to_flat_state(restored.state.params))
+            assert {type(v) for _, v in flat} == {LoRAParam}
+            assert any(np.abs(np.asarray(v.get_value())).max() > 0 for path, v in flat if path[-1] == "b_ro")
+            hf = AutoModelForCausalLM.from_pretrained(agent_dir / stage / "export", dtype=torch.float32).eval()
+            with torch.no_grad():
+                hf_logits = hf(torch.as_tensor(ids)).logits.numpy()
+            np.testing.assert_allclose(hf_logits, np.asarray(trained(ids)), atol=1e-4, err_msg=(pool_agent.name, stage))
+        assert _digests(agent_dir / "final") == _digests(agent_dir / "rl" / "export")
+        before = load_file(trainer.pool_dir / "agents" / pool_agent.name / "model.safetensors")
+        after = load_file(agent_dir / "final" / "model.safetensors")
+        assert sorted(before) == sorted(after)
+        targets = [k for k in before if k.endswith(".weight") and any(f".{t}_proj." in k for t in LORA_MODULES)]
+        assert len(targets) == len(LORA_MODULES) * hf.config.num_hidden_layers
+        for name, tensor in before.items():
+            if name in targets:  # base + scaled low-rank product: every targeted projection moved
+                assert not np.array_equal(after[name], tensor), (pool_agent.name, name)
+            else:  # embeddings, norms, biases: not trained, written back bit for bit
+                np.testing.assert_array_equal(after[name], tensor, err_msg=f"{pool_agent.name} {name}")
