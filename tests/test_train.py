@@ -216,8 +216,9 @@ def test_the_cli_labels_fine_tunes_reinforces_and_exports_every_agent(trainer, u
         for stage, steps in (("sft", SFT_STEPS), ("rl", RL_STEPS)):
             assert (agent / stage / "DONE").read_text() == f"{steps}\n"
             assert [r["step"] for r in read_metrics(agent / stage / "metrics.jsonl")] == list(range(1, steps + 1))
-        rl = read_metrics(agent / "rl" / "metrics.jsonl")
-        assert all(0.0 <= r["refusal_rate"] <= 1.0 and "reward_mean/alpha_0.5" in r for r in rl)
+        for record in read_metrics(agent / "rl" / "metrics.jsonl"):  # rollout metrics (rl_stage), one alpha
+            assert record["reward_mean/alpha_0.5"] == record["reward_mean"], record
+            assert record["refusal_rate/alpha_0.5"] == record["refusal_rate"], record
         # The final agent is the RL export, a Hugging Face directory transformers loads and runs.
         assert _digests(agent / "final") == _digests(agent / "rl" / "export")
         assert _digests(agent / "sft" / "export") != _digests(agent / "rl" / "export")
