@@ -106,6 +106,9 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.label.top_p = 1.0
     c.label.max_new_tokens = 512
     c.label.batch_size = 32
+    # Queries per chunk file (labels.partNNNNN.jsonl): an interrupted run resumes at the first
+    # missing chunk.
+    c.label.chunk_size = 512
 
     # Stage 2: SFT on self-labelled targets: refuse iff p(x) < 1 - alpha, balanced 50/50.
     c.sft = ml_collections.ConfigDict()

@@ -204,7 +204,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
         label_cfg = LabelConfig(
             num_samples=config.label.num_samples, temperature=config.label.temperature,
             top_p=config.label.top_p, max_new_tokens=config.label.max_new_tokens,
-            batch_size=config.label.batch_size, seed=config.seed,
+            batch_size=config.label.batch_size, chunk_size=config.label.chunk_size, seed=config.seed,
         )
         records = run_labelling(agent, examples, agent_dir / "labels", label_cfg, progress=config.progress)
         _write_label_summary(agent_dir / "labels", records)

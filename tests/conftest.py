@@ -127,3 +127,43 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real benchmark rows not found at {SHARED_DATA} (only present in CI/dev checkouts)")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------- scripted agents, toy pool
+@pytest.fixture(scope="session")
+def scripted_ladder(tmp_path_factory) -> list[Path]:
+    """The scripted ladder (tests/cascade/scripted_agents.py: agents 0, 1, 2 whose greedy replies
+    are known), built once per session. Read-only."""
+    from tests.cascade import scripted_agents as sa
+
+    return sa.build_ladder(tmp_path_factory.mktemp("scripted_ladder"))
+
+
+@pytest.fixture(scope="session")
+def reduced_pool(tmp_path_factory):
+    """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
+
+    Treat it as read-only: tests that delete or rebuild parts copy it first. Built with the default
+    workers (two agents at once, each in its own process), so the partial-rebuild test, which
+    rebuilds one agent in this process, also checks that both ways give the same bytes.
+    """
+    from disrouter_jax.toy.pool import PoolConfig, build_pool
+
+    # Local iteration only: DISROUTER_TEST_POOL=DIR builds the pool there once and reuses it in
+    # later sessions (same config fingerprint); CI leaves it unset and builds a fresh one.
+    root = os.environ.get("DISROUTER_TEST_POOL") or tmp_path_factory.mktemp("toy_pool")
+    return build_pool(root, PoolConfig.reduced(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def mixed_pool(reduced_pool, tmp_path_factory):
+    """`Pool` of `PoolConfig.reduced(mixed=True)`: a copy of the reduced pool rebuilt as the mixed
+    one, so only its Llama agent (toy-s) is pre-trained; the Qwen2 agents' fingerprints are the
+    reduced pool's and they are reused as they are. Read-only, like `reduced_pool`."""
+    import shutil
+
+    from disrouter_jax.toy.pool import PoolConfig, build_pool
+
+    root = tmp_path_factory.mktemp("toy_pool_mixed") / "pool"
+    shutil.copytree(reduced_pool.root, root)
+    return build_pool(root, PoolConfig.reduced(mixed=True), progress=False, overwrite=True, workers=1)

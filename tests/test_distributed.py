@@ -323,10 +323,8 @@ def load_safetensors(directory: Path) -> dict[str, np.ndarray]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_cascade_evaluation_over_processes_matches_single_process(tmp_path):
-    from tests.cascade import scripted_agents as sa
-
-    paths = sa.build_ladder(tmp_path / "ladder")
+def test_cascade_evaluation_over_processes_matches_single_process(scripted_ladder, tmp_path):
+    paths = scripted_ladder
     multi_out, single_out, (p0, p1, reference) = run_two_and_one("cascade", tmp_path, "--agents",
                                                                   ",".join(map(str, paths)))
     assert (p0["local_queries"], p1["local_queries"], reference["local_queries"]) == (5, 4, 9)

@@ -62,9 +62,9 @@ def scripted_config(pool_paths, data_dir):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(scripted_ladder, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    return sa.build_ladder(root / "pool"), write_data(root)
+    return scripted_ladder, write_data(root)
 
 
 @pytest.fixture(scope="module")

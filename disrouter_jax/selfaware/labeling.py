@@ -40,6 +40,8 @@ class LabelConfig:
             raise ValueError(f"label.num_samples={self.num_samples}: need at least one sample")
         if self.temperature <= 0:
             raise ValueError(f"label.temperature={self.temperature}: labelling needs sampling (> 0)")
+        if self.chunk_size < 1:
+            raise ValueError(f"label.chunk_size={self.chunk_size}: need at least one query per chunk")
 
 
 def label_examples(agent: Agent, examples: Sequence[Example], cfg: LabelConfig, *,
@@ -98,6 +100,7 @@ def run_labelling(agent: Agent, examples: Sequence[Example], out_dir: str | Path
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[LabelRecord] = []
+    reused = 0
     for start in range(0, len(examples), cfg.chunk_size):
         part = out_dir / f"labels.part{start // cfg.chunk_size:05d}.jsonl"
         chunk = examples[start : start + cfg.chunk_size]
@@ -105,12 +108,16 @@ def run_labelling(agent: Agent, examples: Sequence[Example], out_dir: str | Path
             done = read_labels_jsonl(part)
             if [r.query_id for r in done] == [e.id for e in chunk]:
                 records.extend(done)
+                reused += 1
                 continue
             raise ValueError(f"{part}: labels for other queries than this chunk; delete it to relabel")
         # The chunk index offsets the seed so a resumed run samples exactly what it would have.
         chunk_records = label_examples(agent, chunk, cfg, seed_offset=start, progress=progress)
         write_labels_jsonl(part, chunk_records)
         records.extend(chunk_records)
+    if reused:
+        logger.info("%s: labelling resumed, %d of %d chunks reused from %s", agent.name, reused,
+                    -(-len(examples) // cfg.chunk_size), out_dir)
     write_labels_jsonl(final, records)
     for part in out_dir.glob("labels.part*.jsonl"):
         part.unlink()

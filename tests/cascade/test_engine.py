@@ -23,8 +23,8 @@ SMALL = dict(max_new_tokens=12, max_batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def ladder(tmp_path_factory):
-    paths = sa.build_ladder(tmp_path_factory.mktemp("ladder"))
+def ladder(scripted_ladder):
+    paths = scripted_ladder
     return [load_agent(AgentSpec(f"agent{k}", str(path), cost)) for k, (path, cost) in enumerate(zip(paths, COSTS))]
 
 

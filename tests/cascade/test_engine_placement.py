@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulat
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return sa.build_ladder(tmp_path_factory.mktemp("ladder_placement"))
+def paths(scripted_ladder):
+    return scripted_ladder
 
 
 def load(paths, placement):

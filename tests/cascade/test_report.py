@@ -29,6 +29,58 @@ def test_report_figures_match_hand_arithmetic():
     assert built["meta"] == {"run": "hand"}
 
 
+def _flat(tree, prefix=()):
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {path: v for k, sub in tree.items() for path, v in _flat(sub, prefix + (k,)).items()}
+
+
+def _figures_by_plain_sums(log_path, agents):
+    """Every figure of report.json["results"], recomputed here from routing_log.jsonl with plain
+    counts and sums over its JSON lines (no project code): utility = accuracy - alpha * mean cost;
+    self-assessment: positive = refuse, label = that visit's answer (or forced answer) is wrong."""
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    oracle = {(r["alpha"], r["dataset"], r["query_id"]): r for r in lines if r["method"] == "oracle"}
+    cells = {}
+    for r in lines:
+        for group in ("all", r["domain"], "dataset:" + r["dataset"]):
+            cells.setdefault((f"{r['alpha']:g}", group, r["method"]), []).append(r)
+    out = {}
+    for (alpha_key, group, method), rows in cells.items():
+        alpha, n = rows[0]["alpha"], len(rows)
+        acc = sum(r["correct"] for r in rows) / n
+        cost = sum(r["cost"] for r in rows) / n
+        orc = [oracle[(r["alpha"], r["dataset"], r["query_id"])] for r in rows]
+        o_acc = sum(o["correct"] for o in orc) / n
+        o_cost = sum(o["cost"] for o in orc) / n
+        fig = {"n": n, "alpha": alpha, "accuracy": acc, "mean_cost": cost, "utility": acc - alpha * cost,
+               "forced_refusals": sum(r["forced_refusal"] for r in rows),
+               "forced_refusal_rate": sum(r["forced_refusal"] for r in rows) / n,
+               "final_share": {a: sum(r["final_agent"] == a for r in rows) / n for a in agents},
+               "oracle_accuracy": o_acc, "oracle_mean_cost": o_cost, "oracle_utility": o_acc - alpha * o_cost}
+        fig["pct_oracle_utility"] = (100 * fig["utility"] / fig["oracle_utility"]
+                                     if fig["oracle_utility"] > 0 else None)
+        fig["reached"], fig["answer_rate"], fig["self_assessment"] = {}, {}, {}
+        for a in agents:
+            visits = [v for r in rows for v in r["visited"] if v["agent"] == a]
+            fig["reached"][a] = len(visits)
+            answered = sum(v["decision"] == "answer" for v in visits)
+            fig["answer_rate"][a] = answered / len(visits) if visits else None
+            scored = [v for v in visits if v["correct"] is not None]
+            tp = sum(v["decision"] == "refuse" and not v["correct"] for v in scored)
+            fp = sum(v["decision"] == "refuse" and v["correct"] for v in scored)
+            fn = sum(v["decision"] == "answer" and not v["correct"] for v in scored)
+            tn = sum(v["decision"] == "answer" and v["correct"] for v in scored)
+            m = len(scored)
+            fig["self_assessment"][a] = {
+                "n_scored": m, "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n_excluded": len(visits) - m,
+                "accuracy": (tp + tn) / m if m else None, "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None,
+                "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None}
+        out.setdefault(alpha_key, {}).setdefault(group, {})[method] = fig
+    return out
+
+
 def test_every_report_figure_is_recomputable_from_the_routing_log(tmp_path):
     records = _records()
     built = report.build_report(records, POOL, COSTS, meta={"seed": 0})
@@ -38,6 +90,27 @@ def test_every_report_figure_is_recomputable_from_the_routing_log(tmp_path):
     assert report.recompute_report(tmp_path / report.ROUTING_LOG_FILE, written) == written
     assert set(written["methods"]) == {"disrouter", "smallest", "largest", "random_uniform",
                                        "random_cost_matched", "oracle"}
+    # Every figure again, from the log's lines by plain sums, not by the report's code.
+    by_hand = _figures_by_plain_sums(tmp_path / report.ROUTING_LOG_FILE, POOL)
+    assert sorted(by_hand) == written["alphas"]
+    for key, groups in written["results"].items():
+        assert sorted(groups) == sorted(by_hand[key]), key
+        for group, methods in groups.items():
+            assert sorted(methods) == sorted(by_hand[key][group]), (key, group)
+            for method, figures in methods.items():
+                lo, hi = figures.pop("utility_ci")  # a bootstrap interval: resampled, not a sum
+                assert lo <= figures["utility"] <= hi, (key, group, method)
+                if method != "disrouter":  # DiSRouter - method on the same queries: its mean is a sum
+                    versus = figures.pop("vs_disrouter")
+                    diff = methods["disrouter"]["utility"] - figures["utility"]
+                    assert versus["mean"] == pytest.approx(diff, abs=1e-12) and versus["n"] == figures["n"]
+                    assert versus["ci"][0] - 1e-12 <= diff <= versus["ci"][1] + 1e-12, (key, group, method)
+                got, want = _flat(figures), _flat(by_hand[key][group][method])
+                assert sorted(got) == sorted(want), (key, group, method)
+                for path, value in want.items():
+                    assert got[path] == (value if value is None else pytest.approx(value)), (key, group, method, path)
+    # The hand table's DiSRouter at alpha 0.5, over all four queries, as a spot check in numbers.
+    assert by_hand["0.5"]["all"]["disrouter"]["utility"] == pytest.approx(0.5 - 0.5 * 0.6)
     # every method gets the same oracle figures on the same queries
     for key in written["alphas"]:
         for group, methods in written["results"][key].items():

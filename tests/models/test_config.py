@@ -27,7 +27,10 @@ def test_qwen25_7b_config_as_released():
               use_cache=True, use_sliding_window=False, vocab_size=152064)
     config = Qwen2Config.from_hf_dict(hf)
     assert (config.head_dim, config.num_heads, config.num_kv_heads) == (128, 28, 4)
-    assert 7.0e9 < config.num_params < 7.8e9
+    # The model card's "7.61B", counted by hand: embeddings and the untied head 2 x 152064 x 3584;
+    # per layer q 3584^2 + 3584, k and v 3584 x 512 + 512 each, o 3584^2, MLP 3 x 3584 x 18944,
+    # two norms 2 x 3584 (= 233,057,792), times 28; the final norm 3584.
+    assert config.num_params == 2 * 152064 * 3584 + 28 * 233_057_792 + 3584 == 7_615_616_512
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,11 @@ from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.models.kv_cache import init_cache
 from tests.conftest import FAMILY_SHAPES, HF_CLASSES
 from tests.models.conftest import INPUT_IDS, MASK, POSITIONS, torch_logits
+from tests.models.conftest import extend as _extend
+from tests.models.conftest import forward as _forward
 
 REAL = MASK.astype(bool)
 NAMES = list(FAMILY_SHAPES)
-
-# Jitted: one compilation per model, several times faster than running the ops one by one.
-_forward = jax.jit(lambda model, *args: model(*args))
-_extend = jax.jit(lambda model, *args: model.extend(*args))
 
 
 def jax_logits(model, ids=INPUT_IDS, mask=MASK) -> np.ndarray:
@@ -78,7 +76,7 @@ def test_llama3_rope_scaling_and_mistral_window_are_what_makes_the_match(loaded)
     assert mistral.config.sliding_window == 3
     assert np.abs(jax_logits(with_config(mistral, sliding_window=None)) - mistral_ref)[REAL].max() > 1e-2
     # Without a mask (the training path) the window is the same band.
-    unmasked = jax.jit(lambda m, ids: m(ids))
+    unmasked = _forward
     np.testing.assert_allclose(np.asarray(unmasked(mistral, jnp.asarray(INPUT_IDS))),
                                jax_logits(mistral, mask=np.ones_like(MASK)), atol=1e-5)
     # Two layers of window 3 see 5 tokens back: the last token's logits ignore the tokens before.

@@ -61,6 +61,14 @@ def test_bfloat16_export_loads_in_transformers(tiny_checkpoint, tmp_path):
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
     assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
+    # Every tensor holds the float32 checkpoint's values rounded to bfloat16, bit for bit (torch's
+    # round-to-nearest-even cast is the reference), under the same names and shapes.
+    source = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gqa2"), dtype=torch.float32).state_dict()
+    exported = hf.state_dict()
+    assert sorted(exported) == sorted(source)
+    for name, tensor in source.items():
+        assert exported[name].dtype == torch.bfloat16, name
+        assert torch.equal(exported[name], tensor.to(torch.bfloat16)), name
 
 
 def test_existing_checkpoint_is_not_overwritten(tiny_checkpoint, tmp_path):

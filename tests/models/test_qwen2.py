@@ -12,11 +12,11 @@ from flax import nnx
 from disrouter_jax import runtime, sharding
 from disrouter_jax.generation.engine import decode_head
 from disrouter_jax.models import qwen2
-from tests.models.conftest import INPUT_IDS, MASK, POSITIONS
+from tests.models.conftest import INPUT_IDS, MASK, POSITIONS, extend, forward
 
 
 def jax_logits(model) -> np.ndarray:
-    return np.asarray(model(jnp.asarray(INPUT_IDS), jnp.asarray(POSITIONS), jnp.asarray(MASK)))
+    return np.asarray(forward(model, jnp.asarray(INPUT_IDS), jnp.asarray(POSITIONS), jnp.asarray(MASK)))
 
 
 @pytest.mark.parametrize("name", ["gqa2", "tied_gqa7", "mha"])
@@ -44,7 +44,6 @@ def test_kv_cache_decoding_matches_full_forward(loaded, name):
     full = jax_logits(model)
     prefill = 4
     cache = qwen2.init_cache(model.config, INPUT_IDS.shape[0], max_length=12)
-    extend = jax.jit(lambda m, ids, pos, mask, c: m.extend(ids, pos, mask, c))
     graph_extend = lambda *a: extend(model, *a)  # noqa: E731
     logits, cache = graph_extend(
         jnp.asarray(INPUT_IDS[:, :prefill]), jnp.asarray(POSITIONS[:, :prefill]),
@@ -71,6 +70,9 @@ def test_cache_holds_heads_major_keys_and_values_per_layer(loaded):
     assert cache.max_length == 24
 
 
+_attention = jax.jit(qwen2.attention, static_argnums=(4,), static_argnames=("kv_layout",))
+
+
 def test_one_query_attention_on_the_cache_matches_the_general_path():
     """A decode step (one query per row, the cache layout) drops the query axis from the einsums;
     it must give what the general path gives on the same keys and values laid out [B, S, K, H]."""
@@ -80,13 +82,13 @@ def test_one_query_attention_on_the_cache_matches_the_general_path():
     k_bskh = jax.random.normal(keys[1], (b, s, k, h))
     v_bskh = jax.random.normal(keys[2], (b, s, k, h))
     allowed_b1s = jnp.arange(s)[None, None, :] < jnp.array([4, 11, 7])[:, None, None]
-    general = qwen2.attention(q_b1nh, k_bskh, v_bskh, allowed_b1s, jnp.float32)
-    cached = qwen2.attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_bskh, (0, 2, 1, 3)),
+    general = _attention(q_b1nh, k_bskh, v_bskh, allowed_b1s, jnp.float32)
+    cached = _attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_bskh, (0, 2, 1, 3)),
                              allowed_b1s, jnp.float32, kv_layout="cache")
     np.testing.assert_allclose(np.asarray(cached), np.asarray(general), rtol=1e-5, atol=1e-6)
     # Masked slots are never attended to: changing them changes nothing.
     v_changed = v_bskh.at[0, 5:].set(100.0)
-    changed = qwen2.attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_changed, (0, 2, 1, 3)),
+    changed = _attention(q_b1nh, jnp.transpose(k_bskh, (0, 2, 3, 1)), jnp.transpose(v_changed, (0, 2, 1, 3)),
                               allowed_b1s, jnp.float32, kv_layout="cache")
     np.testing.assert_array_equal(np.asarray(changed), np.asarray(cached))
 
@@ -101,8 +103,8 @@ def test_decode_head_is_the_transposed_table_on_cpu_and_gives_the_same_logits(lo
     np.testing.assert_array_equal(np.asarray(head), np.asarray(model.embedding_vd[...]).T)
     cache = qwen2.init_cache(model.config, INPUT_IDS.shape[0], max_length=12)
     args = tuple(jnp.asarray(a[:, :5]) for a in (INPUT_IDS, POSITIONS, MASK))
-    plain, _ = model.extend(*args, cache)
-    with_head, _ = model.extend(*args, cache, head_dv=head)
+    plain, _ = extend(model, *args, cache)
+    with_head, _ = extend(model, *args, cache, head_dv=head)
     np.testing.assert_allclose(np.asarray(with_head), np.asarray(plain), atol=1e-6)
 
 
@@ -159,7 +161,7 @@ def test_sharded_forward_matches_single_device(loaded, name, mesh_shape):
     assert len(q.sharding.device_set) == 8
     batch_sharding = sharding.named_sharding(("batch", "length"), INPUT_IDS.shape, mesh)
     ids, pos, mask = (jax.device_put(jnp.asarray(a), batch_sharding) for a in (INPUT_IDS, POSITIONS, MASK))
-    sharded = np.asarray(jax.jit(lambda m, *a: m(*a))(model, ids, pos, mask))
+    sharded = np.asarray(forward(model, ids, pos, mask))
     real = MASK.astype(bool)
     np.testing.assert_allclose(sharded[real], jax_logits(single)[real], atol=1e-5)
     assert np.abs(sharded - reference)[real].max() <= 1e-4
@@ -186,8 +188,8 @@ def test_random_init_model_runs():
                                num_heads=2, num_kv_heads=1, head_dim=8)
     from flax import nnx
 
-    model = qwen2.Qwen2(config, rngs=nnx.Rngs(0))
-    logits = model(jnp.zeros((2, 5), jnp.int32))
+    model = nnx.jit(lambda: qwen2.Qwen2(config, rngs=nnx.Rngs(0)))()  # one program, not one per op
+    logits = forward(model, jnp.zeros((2, 5), jnp.int32))
     assert logits.shape == (2, 5, 50)
     assert config.num_params == sum(
         v.get_value().size for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))

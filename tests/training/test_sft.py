@@ -60,7 +60,23 @@ def test_loss_is_token_mean_of_response_nll(model):
     loss, num_tokens, metrics = _jitted_loss(model, jax.tree.map(jnp.asarray, batch))
     assert float(num_tokens) == mask.sum()
     assert float(loss) == pytest.approx(expected, rel=1e-6)
-    assert 0.0 <= float(metrics["token_accuracy"]) <= 1.0
+
+
+def test_token_accuracy_counts_the_response_positions_whose_argmax_is_the_target(model):
+    batch = sft_batch()
+    logits = np.asarray(_forward(model, jnp.asarray(batch.input_ids_bt)))
+    argmax = logits.argmax(-1)
+    # Every other response position gets its argmax as target, the rest a token that is not.
+    rows, cols = np.nonzero(batch.loss_mask_bt)
+    hit = np.arange(rows.size) % 2 == 0
+    targets = batch.targets_bt.copy()
+    targets[rows, cols] = np.where(hit, argmax[rows, cols], (argmax[rows, cols] + 1) % 97)
+    # Off the mask the target is the argmax everywhere: it must not count.
+    off = batch.loss_mask_bt == 0
+    targets[off] = argmax[off]
+    _, _, metrics = _jitted_loss(model, jax.tree.map(jnp.asarray, batch.replace(targets_bt=targets)))
+    assert float(metrics["token_accuracy"]) == pytest.approx(hit.sum() / rows.size, abs=1e-7)
+    assert 0 < hit.sum() < rows.size
 
 
 def test_batches_from_data_prep_and_full_sequences():

@@ -7,17 +7,17 @@ import pytest
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.selfaware.data import LabelRecord
 from disrouter_jax.tasks.prompts import REFUSAL
-from disrouter_jax.training.sft_stage import REPLAY_MIN_P, build_sft_data, replay_records, scenario_prompt_ids
+from disrouter_jax.training.sft_stage import (
+    REPLAY_MIN_P, build_sft_data, replay_records, scenario_prompt_ids, sft_batch_fn)
 from tests.cascade import scripted_agents as sa
 
 P_CORRECT = (0.0, 0.25, 0.5, 0.75, 1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory):
+def agent(scripted_ladder):
     sa.scripted_task()
-    path = sa.build_agent_checkpoint(tmp_path_factory.mktemp("sft_agent") / "a", 0)
-    return load_agent(AgentSpec("a", str(path), 0.1), dtype="float32")
+    return load_agent(AgentSpec("a", str(scripted_ladder[0]), 0.1), dtype="float32")
 
 
 def records():
@@ -82,3 +82,40 @@ def test_bad_replay_fraction_is_named(agent):
     with pytest.raises(ValueError, match="sft.replay_fraction=1.0"):
         build_sft_data(agent, records(), alphas=(0.5,), num_examples=4, balance=None, max_len=64, seed=0,
                        replay_fraction=1.0)
+
+
+def test_batches_walk_seeded_epoch_permutations_as_a_pure_function_of_the_step(agent):
+    data = build_sft_data(agent, records(), alphas=(0.2, 0.5, 0.8), num_examples=100, balance=None, max_len=64,
+                          seed=0)
+    n = len(data.examples)
+    assert n == 18  # 6 records x 3 scenarios, none dropped
+    make = sft_batch_fn(data, batch_size=4, length_buckets=(16, 24, 64), pad_id=0, seed=5)
+    rows_by_ids = {}
+    for i, ex in enumerate(data.examples):
+        rows_by_ids.setdefault(tuple(ex.input_ids.tolist()), []).append(i)
+    served, epochs = [], []
+    for step in range(9):  # 36 positions: exactly two epochs
+        batch, host = make(step, None)
+        epochs.append(host["epoch"])
+        width = batch.input_ids_bt.shape[1]
+        assert batch.input_ids_bt.shape == (4, width) and width in (16, 24, 64)
+        for r in range(4):
+            length = int(np.flatnonzero(batch.loss_mask_bt[r])[-1]) + 1
+            ids = tuple(batch.input_ids_bt[r, :length].tolist())
+            candidates = rows_by_ids[ids]
+            ex = data.examples[candidates[0]]
+            np.testing.assert_array_equal(batch.targets_bt[r, :length], ex.targets)
+            np.testing.assert_array_equal(batch.loss_mask_bt[r, :length], ex.loss_mask)
+            assert not batch.loss_mask_bt[r, length:].any()
+            served.append(ids)
+    assert epochs == [step * 4 / n for step in range(9)]
+    # Each epoch serves every example once, in its own order.
+    every = sorted(tuple(ex.input_ids.tolist()) for ex in data.examples)
+    assert sorted(served[:n]) == every and sorted(served[n:]) == every
+    assert served[:n] != served[n:]
+    # A fresh function (a resumed run) gives the same batch at any step; another seed, another order.
+    again = sft_batch_fn(data, batch_size=4, length_buckets=(16, 24, 64), pad_id=0, seed=5)
+    for step in (7, 0, 3):
+        np.testing.assert_array_equal(again(step, None)[0].input_ids_bt, make(step, None)[0].input_ids_bt)
+    other = sft_batch_fn(data, batch_size=4, length_buckets=(16, 24, 64), pad_id=0, seed=6)
+    assert any(not np.array_equal(other(s, None)[0].input_ids_bt, make(s, None)[0].input_ids_bt) for s in range(4))

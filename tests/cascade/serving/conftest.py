@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cascade import scripted_agents as sa
 from tests.conftest import PROJECT_ROOT
 
 COSTS = (0.1, 0.5, 0.9)
@@ -56,10 +55,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ladder_pool(tmp_path_factory):
-    """``(config_path, agent dicts)`` of a served scripted ladder."""
+def ladder_pool(scripted_ladder, tmp_path_factory):
+    """``(config_path, agent dicts)`` of a served scripted ladder (the session's, tests/conftest.py)."""
     root = tmp_path_factory.mktemp("served_ladder")
-    paths = sa.build_ladder(root / "agents")
+    paths = scripted_ladder
     agents = [{"name": f"agent{k}", "path": str(p), "cost": c} for k, (p, c) in enumerate(zip(paths, COSTS))]
     config_path = root / "serve_ladder.py"
     config_path.write_text(CONFIG_TEMPLATE.format(base=str(PROJECT_ROOT / "configs" / "serve.py"), agents=agents))
