@@ -31,21 +31,23 @@ def parse_setup(config_string: str | None) -> str:
     return setup
 
 
-def paper_pool(root: str = "") -> list[dict]:
-    """Qwen2.5-Instruct agents ordered by cost; ``root`` is a folder of local copies, else Hub ids."""
+def paper_pool(root: str = "") -> tuple[dict, ...]:
+    """Qwen2.5-Instruct agents ordered by cost; ``root`` is a folder of local copies, else Hub ids.
+    A tuple, so that ``--config.pool.agents="({'name': ..., 'path': ..., 'cost': ...}, ...)"``
+    overrides it (ml_collections parses tuple literals, not lists)."""
     costs = [0.1, 0.3, 0.5, 0.7, 0.9]
     agents = []
     for size, cost in zip(QWEN25_SIZES, costs):
         name = f"Qwen2.5-{size}-Instruct"
         agents.append({"name": name, "path": f"{root}/{name}" if root else f"Qwen/{name}", "cost": cost})
-    return agents
+    return tuple(agents)
 
 
 # The toy setup: dotted config paths -> values. Sizes and the source of agents and tasks only.
 TOY_OVERLAY: dict[str, object] = {
     "dtype": "float32",
     "pool.toy": True,
-    "pool.agents": [],
+    "pool.agents": (),
     "data.train_tasks": TOY_IN_DOMAIN,
     "data.eval_tasks": TOY_IN_DOMAIN + TOY_OUT_OF_DOMAIN,
     "data.out_of_domain": TOY_OUT_OF_DOMAIN,
@@ -93,6 +95,11 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # local copies: <dir>/<task>/...; empty = Hugging Face Hub
+    # Splits in order of preference, the first with local files wins (disrouter_jax/task_data.py);
+    # eval_splits=() is each task's own evaluation split. A task that trains on its evaluation
+    # split has its evaluated rows held out of training.
+    c.data.train_splits = ("train",)
+    c.data.eval_splits = ()
     c.data.train_tasks = IN_DOMAIN
     c.data.eval_tasks = IN_DOMAIN + OUT_OF_DOMAIN
     c.data.out_of_domain = OUT_OF_DOMAIN
