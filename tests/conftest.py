@@ -127,3 +127,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real benchmark rows not found at {SHARED_DATA} (only present in CI/dev checkouts)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def qwen25_pool(shared_data, tmp_path_factory) -> list[dict]:
+    """Five tiny agents with Qwen2.5's tokenizer conventions (tests/qwen25_pool.py), as
+    ``pool.agents`` entries; built once per session. Read-only: copy an agent to change it."""
+    from tests.qwen25_pool import build_pool
+
+    return build_pool(shared_data, tmp_path_factory.mktemp("qwen25_pool"))
