@@ -147,6 +147,7 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.rl.learning_rate = 1e-6
     c.rl.warmup_steps = 20
     c.rl.max_grad_norm = 1.0
+    c.rl.grad_accum = 1  # the prompts_per_step * group_size rows of a step in this many micro-batches
 
     # The scenarios: a single α (rl_alphaXX) or several drawn per prompt (rl_mixed).
     c.alphas = (0.5,)
@@ -172,6 +173,14 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
     c.checkpoint.max_to_keep = 2
+
+    # The plan (disrouter_jax/plan.py): per agent, parameters, bytes per device and tokens per stage,
+    # and every input checked, without loading weights. plan_only=True prints it and exits.
+    c.plan_only = False
+    c.plan = ml_collections.ConfigDict()
+    c.plan.num_devices = 0  # 0: this host's devices; else plan for that many (e.g. 8 GPUs elsewhere)
+    c.plan.platform = ""  # "": this host's backend; "gpu" / "tpu" / "cpu" to plan for another host
+    c.plan.device_memory_gib = 0.0  # 0: what the devices report (none on CPU: memory not checked)
 
     c.stages = ("label", "sft", "rl")
     c.log_every_steps = 10

@@ -55,7 +55,7 @@ from absl import app, flags
 from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
-from disrouter_jax import distributed, pipeline, runtime, task_data
+from disrouter_jax import distributed, errors, pipeline, plan, runtime, task_data
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import assessors, engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -513,14 +513,20 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
     config = flag_values.config
     config_arg = flag_values["config"].config_filename
     workdir = Path(flag_values.workdir or Path("workdir") / ("eval_" + (config_arg.partition(":")[2] or "paper")))
-    workdir.mkdir(parents=True, exist_ok=True)
     configure_logging()
-    if config.eval.replay_pool:
-        built = run_replay(config, workdir, config.eval.replay_pool)
-        out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)
-    else:
-        built = run_evaluation(config, workdir, mesh=pipeline.make_mesh_from_config(config))
-        out_dir = workdir
+    with errors.reported_as_one_line():
+        if config.plan_only:
+            from disrouter_jax.train import print_plan
+
+            return print_plan(config, workdir, config_arg)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if config.eval.replay_pool:
+            built = run_replay(config, workdir, config.eval.replay_pool)
+            out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)
+        else:
+            plan.check_before_run(config, workdir, pipeline.ensure_pool(config, workdir))
+            built = run_evaluation(config, workdir, mesh=pipeline.make_mesh_from_config(config))
+            out_dir = workdir
     if distributed.is_coordinator():
         print(report.format_summary_table(built))
         print("\n" + report.format_share_table(built))
