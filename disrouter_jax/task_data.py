@@ -15,6 +15,7 @@ held out of training, so no query is both trained and evaluated on.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from disrouter_jax.errors import SetupError
@@ -72,11 +73,26 @@ def load_rows(config, name: str, workdir: str | Path, role: str) -> list[Example
     loader (one warning naming the first); a split where no row parses stops the run."""
     split = split_for(config, name, workdir, role)
     path = task_path(config, name, workdir)
-    examples = load_task(name, path=path, split=split)
+    examples = _load(name, None if path is None else str(path), split, _files_stamp(name, path, split))
     if not examples:
         raise SetupError(f"{name}: no row of split {split!r} in {path or 'the Hugging Face Hub'} parses "
                          "(the warning above names the first bad row)")
-    return examples
+    return list(examples)
+
+
+@functools.lru_cache(maxsize=64)
+def _load(name: str, path: str | None, split: str, stamp: tuple) -> tuple[Example, ...]:
+    # Every agent's training and self-assessment, the evaluation and the router fitting read the
+    # same splits: parse each once per process (MMLU's auxiliary train split alone is 100k rows).
+    # ``stamp`` (the files' paths, sizes and times) makes a rewritten file a new entry.
+    return tuple(load_task(name, path=path, split=split))
+
+
+def _files_stamp(name: str, path: Path | None, split: str) -> tuple:
+    if path is None:
+        return ()
+    files = get_task(name).local_files(path, split)
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 def trains_on_eval_rows(config, name: str, workdir: str | Path) -> bool:
