@@ -119,8 +119,9 @@ def queries_used(config, workdir: str | Path, tasks: list[TaskCheck], role: str,
     return total
 
 
-def stage_work(config, train_queries: int | None, assess_queries: int | None) -> list[StageWork]:
-    """What each trained agent's stages do (the same for every agent)."""
+def stage_work(config, train_queries: int | None, assess_queries: int | None,
+               eval_queries: int | None = None, num_agents: int = 0) -> list[StageWork]:
+    """What each trained agent's stages do (the same for every agent), then the evaluation."""
     length, work = max(config.sft.length_buckets), []
     if ("label" in config.stages or "sft" in config.stages) and train_queries is not None:
         n, new = config.label.num_samples, config.label.max_new_tokens
@@ -138,6 +139,14 @@ def stage_work(config, train_queries: int | None, assess_queries: int | None) ->
         generations = assess_queries * sum(per_stage)
         work.append(StageWork("assess", math.ceil(generations / config.assess.batch_size), config.assess.batch_size,
                               generations, generations * config.assess.max_new_tokens, 0))
+    if "eval" in config and eval_queries is not None:
+        # Per query and agent at most: each scenario's reply for the outcome tables, the live
+        # cascade and the SFT ablation, plus the plain replies of the trained and untrained pool.
+        e = config.eval
+        per_query = num_agents * (len(e.alphas) * (1 + bool(e.run_cascade) + bool(e.sft_ablation)) + 2)
+        generations = eval_queries * per_query
+        work.append(StageWork("evaluation", math.ceil(generations / e.batch_size), e.batch_size, generations,
+                              generations * e.max_new_tokens, 0))
     return work
 
 
@@ -168,7 +177,8 @@ def make_plan(config, workdir: str | Path, specs: list[AgentSpec] | None = None,
         evaluation = plan_memory.evaluation_memory(config, known, target.mesh, copies=copies)
     problems.extend(memory_problems(config, target, agents, evaluation))
     work = stage_work(config, queries_used(config, workdir, tasks, "train", config.data.train_per_task),
-                      queries_used(config, workdir, tasks, "eval", config.assess.per_task))
+                      queries_used(config, workdir, tasks, "eval", config.assess.per_task),
+                      queries_used(config, workdir, tasks, "eval", config.data.eval_per_task), len(specs))
     return Plan(target, tuple(agents), tuple(tasks), tuple(work), evaluation, tuple(problems))
 
 
@@ -192,12 +202,14 @@ def over_budget(config, target: Target, agent: AgentPlan, stage: StageMemory) ->
     name = {"sft": "sft", "rl update": "rl"}.get(stage.stage)
     if name is None:
         return text + "; shard wider (config.mesh) or lower the stage's batch_size"
-    rows, fixed = plan_memory.train_batch_rows(config, name), stage.total - stage.parts["activations"]
+    rows = plan_memory.train_batch_rows(config, name)
+    fixed = stage.total - stage.parts["activations"] - stage.parts.get("accumulators", 0)
     for accum in (k for k in range(1, rows + 1) if rows % k == 0):
-        act = plan_memory.training_activations(config, agent.check.model_config, target.mesh, target.platform,
-                                               name, accum)
-        if fixed + act <= target.device_memory:
-            return text + f"; --config.{name}.grad_accum={accum} fits ({(fixed + act) / GIB:.1f} GiB)"
+        need = fixed + plan_memory.training_activations(config, agent.check.model_config, target.mesh,
+                                                        target.platform, name, accum)
+        need += plan_memory.accumulator_bytes(stage.parts["grads"], config) if accum > 1 else 0
+        if need <= target.device_memory:
+            return text + f"; --config.{name}.grad_accum={accum} fits ({need / GIB:.1f} GiB)"
     return text + "; even one row per micro-batch does not fit: shard wider (config.mesh) or use LoRA"
 
 
@@ -252,7 +264,7 @@ def format_plan(plan: Plan, config, title: str = "") -> str:
     if plan.evaluation:
         parts = " + ".join(f"{k} {_gib(v)}" for k, v in plan.evaluation.parts.items())
         lines.append(f"  evaluation (every agent on the shared mesh): {_gib(plan.evaluation.total)} = {parts}")
-    lines += ["", "per trained agent:"]
+    lines += ["", "work per trained agent (and the evaluation, for the pool):"]
     lines += _table(["stage", "steps", "rows/step", "generations", "new tokens <=", "trained tokens <="],
                     [[w.stage, f"{w.steps:,}", f"{w.rows:,}", f"{w.generations:,}", _count(w.new_tokens),
                       _count(w.trained_tokens)] for w in plan.work])

@@ -124,6 +124,11 @@ def train_batch_rows(config, stage: str) -> int:
     return config.sft.batch_size if stage == "sft" else config.rl.prompts_per_step * config.rl.group_size
 
 
+def accumulator_bytes(grad_bytes: int, config) -> int:
+    """The float32 sums gradient accumulation keeps, from the gradients' bytes (``param_dtype``)."""
+    return grad_bytes * 4 // jnp.dtype(DTYPES[config.param_dtype]).itemsize
+
+
 def training_activations(config, mc: ModelConfig, mesh: Mapping[str, int], platform: str, stage: str,
                          grad_accum: int) -> int:
     """Activation bytes per device of one micro-batch of ``stage`` ("sft" or "rl")."""
@@ -160,14 +165,14 @@ def agent_stage_memory(config, mc: ModelConfig, mesh: Mapping[str, int], platfor
         accum = int(config[stage].get("grad_accum", 1))
         resident = {"params": shard_bytes(state.params, mesh) + shard_bytes(state.frozen, mesh),
                     "optimizer": shard_bytes(state.opt_state, mesh)}
-        grads = shard_bytes(state.params, mesh)
+        grads = {"grads": shard_bytes(state.params, mesh)}
         if accum > 1:  # float32 accumulators beside the micro-batch gradient
-            grads += shard_bytes(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params), mesh)
+            grads["accumulators"] = accumulator_bytes(grads["grads"], config)
         if stage == "rl":
             rollout_rows = min(train_batch_rows(config, "rl"), GENERATE_MAX_BATCH)
             stages.append(StageMemory("rl rollouts", {**resident, **reference,
                                                       "kv_cache": kv(rollout_rows, config.rl.max_new_tokens)}))
-        update = {**resident, **(reference if stage == "rl" else {}), "grads": grads,
+        update = {**resident, **(reference if stage == "rl" else {}), **grads,
                   "activations": training_activations(config, mc, mesh, platform, stage, accum)}
         stages.append(StageMemory("rl update" if stage == "rl" else stage, update))
     if config.assess.enabled:

@@ -79,7 +79,7 @@ def check_agent(spec: AgentSpec) -> AgentCheck:
         meta = Path(snapshot_download(spec.path, allow_patterns=HUB_METADATA))
         config = families.config_from_json(meta / "config.json")
     except Exception as err:  # offline, unknown or gated repo: what the run would meet too
-        reason = one_line(err).split(". ")[0][:120]
+        reason = _short(one_line(err).split(". ")[0])
         problem = Problem("checkpoint", where, (
             f"{spec.path} is not a local directory and its config.json could not be fetched from the Hugging Face "
             f"Hub ({type(err).__name__}: {reason}); download it (huggingface-cli download {spec.path} "
@@ -87,6 +87,11 @@ def check_agent(spec: AgentSpec) -> AgentCheck:
         released = releases.released_config(spec.path)
         return AgentCheck(spec, released, "released config.json (built in)" if released else "", (problem,))
     return AgentCheck(spec, config, "Hub config.json", tuple(check_tokenizer(meta, where)))
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """A library's message cut at a word boundary (Hub errors run to several sentences)."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _config_only(ckpt_dir: Path) -> ModelConfig | None:
@@ -102,18 +107,19 @@ def check_tokenizer(ckpt_dir: Path, where: str) -> list[Problem]:
     try:
         tokenizer = load_tokenizer(ckpt_dir)
     except Exception as err:  # transformers raises many kinds for a missing or broken tokenizer
-        return [Problem("tokenizer", where, f"{ckpt_dir}: no usable tokenizer ({type(err).__name__}: {one_line(err)[:200]})")]
+        return [Problem("tokenizer", where,
+                        f"{ckpt_dir}: no usable tokenizer ({type(err).__name__}: {_short(one_line(err))})")]
     try:
         check_chat_tokenizer(tokenizer, ckpt_dir)
         stop_token_ids_for(tokenizer, ckpt_dir)
-        scenario, plain = (chat_prompt_ids(tokenizer, build_messages("What is 2 + 2?", alpha=alpha,
+        scenario, plain = [chat_prompt_ids(tokenizer, build_messages("What is 2 + 2?", alpha=alpha,
                                                                       task_format_instruction=""))
-                           for alpha in (0.5, None))
+                           for alpha in (0.5, None)]
     except (SetupError, ValueError, TypeError) as err:  # no template, no stop token, bad messages
         return [Problem("tokenizer", where, one_line(err))]
     except Exception as err:  # a template that does not render (jinja errors)
         return [Problem("tokenizer", where, f"{ckpt_dir}: the chat template does not render "
-                                           f"({type(err).__name__}: {one_line(err)[:200]})")]
+                                           f"({type(err).__name__}: {_short(one_line(err))})")]
     problems = []
     if scenario == plain:  # the scenario (α) reaches an agent only as a system message
         problems.append(Problem("tokenizer", where, f"{ckpt_dir}: the chat template ignores the system message "

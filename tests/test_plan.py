@@ -54,9 +54,9 @@ def test_fused_attention_tensor_split_and_gradient_accumulation():
     # 8 rows / 2 micro-batches / 2 data shards = 2 rows; on a GPU in bfloat16 attention is fused (no
     # T^2 scores); the MLP (32) and vocabulary (64) split over tensor=2.
     assert stage.parts["activations"] == 2 * 64 * ((10 * 16 + 4 * 16) * 2 + 12 * 32)
-    # Micro-batches add float32 gradient accumulators next to the gradients.
-    assert stage.parts["grads"] == 2 * plan_memory.shard_bytes(
-        plan_memory.abstract_train_state(config, TINY, "sft").params, mesh)
+    # Micro-batches add float32 gradient accumulators next to the (here float32) gradients.
+    grads = plan_memory.shard_bytes(plan_memory.abstract_train_state(config, TINY, "sft").params, mesh)
+    assert (stage.parts["grads"], stage.parts["accumulators"]) == (grads, grads)
 
 
 def test_released_qwen25_configs_give_the_launch_readme_counts():
@@ -165,3 +165,16 @@ def test_a_row_that_does_not_parse_is_counted_not_fatal(qwen25_pool, shared_data
     assert made.problems == ()
     gsm8k = [t for t in made.tasks if t.name == "gsm8k"]
     assert [(t.rows, t.skipped) for t in gsm8k] == [(10, {"invalid JSON": 1})] * 2
+
+
+def test_over_budget_names_the_smallest_gradient_accumulation_that_fits():
+    config = load_config_module("common.py").get_base_config("paper")
+    config.sft.batch_size, config.sft.length_buckets = 8, (64,)
+    sft = next(s for s in plan_memory.agent_stage_memory(config, TINY, MESH, "cpu", trained=True) if s.stage == "sft")
+    # Two micro-batches: half the activations, plus float32 accumulators as large as the gradients.
+    budget = sft.total - sft.parts["activations"] // 2 + sft.parts["grads"]
+    agent = plan.AgentPlan(preflight.AgentCheck(AgentSpec("tiny", "-", 0.1), TINY, "checkpoint", ()), True, (sft,))
+    target = plan.Target(2, "cpu", budget, MESH)
+    assert plan.over_budget(config, target, agent, sft).endswith(f"--config.sft.grad_accum=2 fits ({budget / 2**30:.1f} GiB)")
+    target = plan.Target(2, "cpu", budget - 1, MESH)
+    assert "--config.sft.grad_accum=4 fits" in plan.over_budget(config, target, agent, sft)
