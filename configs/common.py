@@ -31,21 +31,23 @@ def parse_setup(config_string: str | None) -> str:
     return setup
 
 
-def paper_pool(root: str = "") -> list[dict]:
-    """Qwen2.5-Instruct agents ordered by cost; ``root`` is a folder of local copies, else Hub ids."""
+def paper_pool(root: str = "") -> tuple[dict, ...]:
+    """Qwen2.5-Instruct agents ordered by cost; ``root`` is a folder of local copies, else Hub ids.
+    A tuple, so that ``--config.pool.agents="({'name': ..., 'path': ..., 'cost': ...}, ...)"``
+    overrides it (ml_collections parses tuple literals, not lists)."""
     costs = [0.1, 0.3, 0.5, 0.7, 0.9]
     agents = []
     for size, cost in zip(QWEN25_SIZES, costs):
         name = f"Qwen2.5-{size}-Instruct"
         agents.append({"name": name, "path": f"{root}/{name}" if root else f"Qwen/{name}", "cost": cost})
-    return agents
+    return tuple(agents)
 
 
 # The toy setup: dotted config paths -> values. Sizes and the source of agents and tasks only.
 TOY_OVERLAY: dict[str, object] = {
     "dtype": "float32",
     "pool.toy": True,
-    "pool.agents": [],
+    "pool.agents": (),
     "data.train_tasks": TOY_IN_DOMAIN,
     "data.eval_tasks": TOY_IN_DOMAIN + TOY_OUT_OF_DOMAIN,
     "data.out_of_domain": TOY_OUT_OF_DOMAIN,
@@ -93,6 +95,11 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # local copies: <dir>/<task>/...; empty = Hugging Face Hub
+    # Splits in order of preference, the first with local files wins (disrouter_jax/task_data.py);
+    # eval_splits=() is each task's own evaluation split. A task that trains on its evaluation
+    # split has its evaluated rows held out of training.
+    c.data.train_splits = ("train",)
+    c.data.eval_splits = ()
     c.data.train_tasks = IN_DOMAIN
     c.data.eval_tasks = IN_DOMAIN + OUT_OF_DOMAIN
     c.data.out_of_domain = OUT_OF_DOMAIN
@@ -149,6 +156,7 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.rl.learning_rate = 1e-6
     c.rl.warmup_steps = 20
     c.rl.max_grad_norm = 1.0
+    c.rl.grad_accum = 1  # the prompts_per_step * group_size rows of a step in this many micro-batches
 
     # The scenarios: a single α (rl_alphaXX) or several drawn per prompt (rl_mixed).
     c.alphas = (0.5,)
@@ -174,6 +182,14 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
     c.checkpoint.max_to_keep = 2
+
+    # The plan (disrouter_jax/plan.py): per agent, parameters, bytes per device and tokens per stage,
+    # and every input checked, without loading weights. plan_only=True prints it and exits.
+    c.plan_only = False
+    c.plan = ml_collections.ConfigDict()
+    c.plan.num_devices = 0  # 0: this host's devices; else plan for that many (e.g. 8 GPUs elsewhere)
+    c.plan.platform = ""  # "": this host's backend; "gpu" / "tpu" / "cpu" to plan for another host
+    c.plan.device_memory_gib = 0.0  # 0: what the devices report (none on CPU: memory not checked)
 
     c.stages = ("label", "sft", "rl")
     c.log_every_steps = 10

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from disrouter_jax import sharding as sharding_lib
+from disrouter_jax.errors import SetupError
 from disrouter_jax.generation import chat_prompt_ids, stop_token_ids_for
 from disrouter_jax.models import hf_io
 from disrouter_jax.models.decoder import Decoder
@@ -117,6 +118,14 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def check_chat_tokenizer(tokenizer, where) -> None:
+    """An agent's prompts are rendered by its own chat template: without one (a base model's
+    tokenizer) nothing it is trained or evaluated on can be built."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SetupError(f"{where}: the tokenizer has no chat template (no chat_template in tokenizer_config.json, "
+                         "no chat_template.jinja); agents must be chat models, e.g. Qwen/Qwen2.5-*-Instruct")
+
+
 def load_agent(
     spec: AgentSpec,
     *,
@@ -135,5 +144,6 @@ def load_agent(
         mesh=agent_mesh,
     )
     tokenizer = load_tokenizer(ckpt_dir)
+    check_chat_tokenizer(tokenizer, ckpt_dir)
     stop_ids = stop_token_ids_for(tokenizer, ckpt_dir)
     return Agent(spec, model, tokenizer, stop_ids, agent_mesh)

@@ -55,7 +55,7 @@ from absl import app, flags
 from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
-from disrouter_jax import distributed, pipeline, runtime
+from disrouter_jax import distributed, errors, pipeline, plan, runtime, task_data
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import assessors, engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -63,7 +63,6 @@ from disrouter_jax.cascade.log import IN_DOMAIN, OUT_OF_DOMAIN
 from disrouter_jax.cascade.metrics import pool_costs
 from disrouter_jax.cascade.reply_store import ReplyStore
 from disrouter_jax.tasks.mixture import build_mixture
-from disrouter_jax.tasks.registry import load_task
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +109,11 @@ def place_agents(specs: Sequence[AgentSpec], eval_cfg, num_devices: int) -> list
 
 
 def evaluation_queries(config, workdir: Path) -> list[engine.Query]:
-    """Each evaluation task's default evaluation split (``data.eval_per_task`` per task, 0 = all,
-    shuffled from the seed); ``data.out_of_domain`` tasks form the out-of-domain group."""
+    """Each evaluation task's evaluation split (``task_data.split_for``), ``data.eval_per_task`` per
+    task (0 = all), shuffled from the seed; ``data.out_of_domain`` tasks form the out-of-domain group."""
     ood = list(config.data.out_of_domain)
     names = list(dict.fromkeys(list(config.data.eval_tasks) + ood))
-    by_task = {name: load_task(name, path=pipeline.task_path(config, name, workdir)) for name in names}
+    by_task = {name: task_data.load_rows(config, name, workdir, "eval") for name in names}
     cap = config.data.eval_per_task or None
     mixture = build_mixture(by_task, seed=config.seed, train_per_task=0,
                             eval_per_task={n: cap or len(e) for n, e in by_task.items()},
@@ -123,9 +122,8 @@ def evaluation_queries(config, workdir: Path) -> list[engine.Query]:
 
 
 def training_queries(config, workdir: Path, per_task: int) -> list[engine.Query]:
-    """Up to ``per_task`` queries of each training task's train split (seeded shuffle)."""
-    by_task = {name: load_task(name, path=pipeline.task_path(config, name, workdir), split="train")
-               for name in config.data.train_tasks}
+    """Up to ``per_task`` queries of each training task's training split (seeded shuffle)."""
+    by_task = {name: task_data.load_rows(config, name, workdir, "train") for name in config.data.train_tasks}
     mixture = build_mixture(by_task, seed=config.seed + 1, train_per_task=per_task or None, eval_per_task=0)
     return [engine.Query(e, IN_DOMAIN) for e in mixture.train]
 
@@ -515,14 +513,20 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
     config = flag_values.config
     config_arg = flag_values["config"].config_filename
     workdir = Path(flag_values.workdir or Path("workdir") / ("eval_" + (config_arg.partition(":")[2] or "paper")))
-    workdir.mkdir(parents=True, exist_ok=True)
     configure_logging()
-    if config.eval.replay_pool:
-        built = run_replay(config, workdir, config.eval.replay_pool)
-        out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)
-    else:
-        built = run_evaluation(config, workdir, mesh=pipeline.make_mesh_from_config(config))
-        out_dir = workdir
+    with errors.reported_as_one_line():
+        if config.plan_only:
+            from disrouter_jax.train import print_plan
+
+            return print_plan(config, workdir, config_arg)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if config.eval.replay_pool:
+            built = run_replay(config, workdir, config.eval.replay_pool)
+            out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)
+        else:
+            plan.check_before_run(config, workdir, pipeline.ensure_pool(config, workdir))
+            built = run_evaluation(config, workdir, mesh=pipeline.make_mesh_from_config(config))
+            out_dir = workdir
     if distributed.is_coordinator():
         print(report.format_summary_table(built))
         print("\n" + report.format_share_table(built))

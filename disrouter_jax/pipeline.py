@@ -5,8 +5,9 @@ Workdir layout (everything a run writes)::
     <workdir>/pool/                      the toy pool (``:toy`` configs), built once and reused
     <workdir>/agents/<name>/labels/      stage 1: labels.jsonl
     <workdir>/agents/<name>/sft/         stage 2: checkpoints/, metrics.jsonl, tensorboard/, export/,
-                                         assessment.json (self-assessment on held-out queries)
-    <workdir>/agents/<name>/rl/          stage 3: same layout
+                                         assessment.json (self-assessment on held-out queries),
+                                         targets.json (per α: δ, answer / refusal targets kept)
+    <workdir>/agents/<name>/rl/          stage 3: the same, without targets.json
     <workdir>/agents/<name>/final/       the trained agent: a Hugging Face directory (LoRA merged)
     <workdir>/agents/assessment.txt      the per-agent table: refusal rate and self-assessment
                                          accuracy / F1 per scenario, after SFT and after RL
@@ -31,9 +32,7 @@ from disrouter_jax.agents import Agent, AgentSpec
 from disrouter_jax.models import hf_io, qwen2
 from disrouter_jax.selfaware import assessment as assessment_lib
 from disrouter_jax.selfaware.labeling import LabelConfig, run_labelling
-from disrouter_jax.tasks.example import Example
-from disrouter_jax.tasks.mixture import build_mixture
-from disrouter_jax.tasks.registry import load_task
+from disrouter_jax.task_data import heldout_examples, toy_pool_dir, training_examples
 from disrouter_jax.training import loop as loop_lib
 from disrouter_jax.training.lora import LoRAConfig, LoRAParam, apply_lora, merge_lora
 from disrouter_jax.training.optim import OptimConfig
@@ -45,13 +44,10 @@ from disrouter_jax.training.state import create_train_state
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
+SFT_TARGETS_FILE = "targets.json"  # per α: δ, answer and refusal targets kept, balanced or not
 
 
 # ------------------------------------------------------------------------------------ agents
-
-
-def toy_pool_dir(config, workdir: str | Path) -> Path:
-    return Path(config.pool.dir or Path(workdir) / "pool")
 
 
 def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[AgentSpec]:
@@ -67,21 +63,6 @@ def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
     if not config.pool.agents:
         raise ValueError("config.pool.agents is empty: list the agents (name, path, cost) in cascade order")
     return [AgentSpec.from_dict(a, where=f"config.pool.agents[{i}]") for i, a in enumerate(config.pool.agents)]
-
-
-def task_path(config, name: str, workdir: str | Path) -> Path | None:
-    """Local files of task ``name``: ``data.dir/<name>``; for the toy pool, the directory the pool
-    wrote its tasks to; otherwise ``None`` (the Hugging Face Hub)."""
-    if config.data.dir:
-        return Path(config.data.dir) / name
-    if config.pool.toy:
-        from disrouter_jax.toy import pool as toy_pool
-
-        task_dirs = toy_pool.load_pool(toy_pool_dir(config, workdir)).task_dirs
-        if name not in task_dirs:
-            raise ValueError(f"task {name!r} is not a toy pool task; the pool has {sorted(task_dirs)}")
-        return task_dirs[name]
-    return None
 
 
 def agents_to_train(config, specs: list[AgentSpec]) -> list[AgentSpec]:
@@ -112,32 +93,10 @@ def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpe
     return out
 
 
-# -------------------------------------------------------------------------------------- data
-
-
-def heldout_examples(config, workdir: str | Path) -> list[Example]:
-    """Queries for self-assessment: each evaluation task's default (evaluation) split, at most
-    ``assess.per_task`` per task (0 = all), in a seeded order. Never the training split."""
-    by_task = {name: load_task(name, path=task_path(config, name, workdir)) for name in config.data.eval_tasks}
-    cap = config.assess.per_task or None
-    mixture = build_mixture(by_task, seed=config.seed, train_per_task=0,
-                            eval_per_task={n: cap or len(e) for n, e in by_task.items()})
-    return list(mixture.eval)
-
-
-def training_examples(config, workdir: str | Path) -> list[Example]:
-    """The training queries: each configured task's train split, capped per task, shuffled."""
-    by_task = {name: load_task(name, path=task_path(config, name, workdir), split="train")
-               for name in config.data.train_tasks}
-    cap = config.data.train_per_task or None
-    mixture = build_mixture(by_task, seed=config.seed, train_per_task=cap, eval_per_task=0)
-    return list(mixture.train)
-
-
 # ---------------------------------------------------------------------------------- training
 
 
-def _optim(stage_cfg, total_steps: int) -> OptimConfig:
+def optim_config(stage_cfg, total_steps: int) -> OptimConfig:
     return OptimConfig(
         learning_rate=stage_cfg.learning_rate,
         total_steps=total_steps,
@@ -158,13 +117,13 @@ def _loop_cfg(config, total_steps: int) -> loop_lib.LoopConfig:
     )
 
 
-def _train_state(config, agent: Agent, optim: OptimConfig):
+def train_state_for(config, model, optim: OptimConfig):
     """What a stage trains: every weight, or with ``lora.enabled`` LoRA adapters on
-    ``lora.targets`` (merged on export)."""
+    ``lora.targets`` (merged on export). Also traced abstractly by the plan (``plan.py``)."""
     if not config.lora.enabled:
-        return create_train_state(agent.model, optim)
-    model = apply_lora(agent.model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                                               targets=tuple(config.lora.targets)))
+        return create_train_state(model, optim)
+    model = apply_lora(model, LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                                         targets=tuple(config.lora.targets)))
     return create_train_state(model, optim, wrt=LoRAParam)
 
 
@@ -219,8 +178,11 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             )
             logger.info("%s: %d SFT examples (%d replayed plain answers), %.0f%% answer targets", spec.name,
                         len(data.examples), data.num_replay, 100 * data.accept_fraction)
-            optim = _optim(config.sft, config.sft.steps)
-            state = _train_state(config, agent, optim)
+            if jax.process_index() == 0:
+                sft_dir.mkdir(parents=True, exist_ok=True)
+                (sft_dir / SFT_TARGETS_FILE).write_text(json.dumps(data.summary(), indent=2) + "\n")
+            optim = optim_config(config.sft, config.sft.steps)
+            state = train_state_for(config, agent.model, optim)
             make_batch = sft_batch_fn(data, batch_size=config.sft.batch_size,
                                       length_buckets=tuple(config.sft.length_buckets),
                                       pad_id=_pad_id(agent), seed=config.seed)
@@ -245,8 +207,8 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
                 length_buckets=tuple(config.sft.length_buckets), seed=config.seed,
                 replay_rows=config.rl.replay_rows if replay else 0,
             )
-            optim = _optim(config.rl, config.rl.steps)
-            state = _train_state(config, agent, optim)
+            optim = optim_config(config.rl, config.rl.steps)
+            state = train_state_for(config, agent.model, optim)
             make_batch = rl_batch_fn(agent, examples, rollout_cfg, pad_id=_pad_id(agent),
                                      reference_model=reference, replay=replay)
             step = make_rl_step(optim, RLConfig(clip_eps=config.rl.clip_eps, kl_coef=config.rl.kl_coef,

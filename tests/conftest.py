@@ -167,3 +167,10 @@ def mixed_pool(reduced_pool, tmp_path_factory):
     root = tmp_path_factory.mktemp("toy_pool_mixed") / "pool"
     shutil.copytree(reduced_pool.root, root)
     return build_pool(root, PoolConfig.reduced(mixed=True), progress=False, overwrite=True, workers=1)
+@pytest.fixture(scope="session")
+def qwen25_pool(shared_data, tmp_path_factory) -> list[dict]:
+    """Five tiny agents with Qwen2.5's tokenizer conventions (tests/qwen25_pool.py), as
+    ``pool.agents`` entries; built once per session. Read-only: copy an agent to change it."""
+    from tests.qwen25_pool import build_pool
+
+    return build_pool(shared_data, tmp_path_factory.mktemp("qwen25_pool"))

@@ -86,6 +86,11 @@ def attention(q_btnh, k, v, allowed_bts, dtype, impl: str = "xla", kv_layout: st
         q_spec, scores_spec = "btkgh", "bkgts"
         q = q_btnh.reshape(b, t, k_heads, groups, h)
         allowed = allowed_bts[:, None, None, :, :]
+    if jax.default_backend() == "cpu" and q.dtype != jnp.float32:
+        # XLA:CPU runs some 16-bit dots with a float32 result on its DotThunk, which has no
+        # BF16 x BF16 = F32 kernel (a bfloat16 decode step of 16 rows failed to run). Upcast
+        # first: bfloat16 products are exact in float32, so the scores are the same sums.
+        q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     scores = jnp.einsum(
         f"{q_spec},{k_layout}->{scores_spec}", q, k, preferred_element_type=jnp.float32
     ) * (h**-0.5)

@@ -34,6 +34,11 @@ class CheckpointError(ValueError):
     pass
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` and not a path (``./x``, ``/x``, ``~/x``)."""
+    return str(name).count("/") == 1 and not str(name).startswith((".", "/", "~"))
+
+
 def resolve_checkpoint_dir(path_or_id: str | os.PathLike) -> Path:
     """A local directory as is; otherwise a Hub id, downloaded when the machine is online."""
     path = Path(path_or_id).expanduser()
@@ -42,8 +47,7 @@ def resolve_checkpoint_dir(path_or_id: str | os.PathLike) -> Path:
     if path.exists():
         raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
     name = str(path_or_id)
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(name):
         raise FileNotFoundError(f"{path}: checkpoint directory does not exist")
     try:
         from huggingface_hub import snapshot_download
@@ -112,8 +116,30 @@ def from_pretrained(
     variables = dict(nnx.to_flat_state(state))
     table = model_table(config, variables)
     located = _open_shards(ckpt_dir)
+    _check_headers(ckpt_dir, config, variables, table, located)  # before a single tensor is read
 
-    # Validate everything from the headers before a single tensor is read.
+    for name, (rule, model_path) in table.items():
+        variable = variables[model_path]
+        target = variable.get_value()
+        array = rule.to_model(located[name].get(name), target.shape).astype(target.dtype)
+        variable.set_value(_place(array, variable, mesh, rules))
+    return nnx.merge(graphdef, state)
+
+
+def check_checkpoint(path: str | os.PathLike) -> "families.ModelConfig":
+    """The config of a local checkpoint directory whose safetensors hold exactly the tensors, in
+    the shapes, its config.json implies; read from the headers only (no tensor is loaded)."""
+    ckpt_dir = Path(path)
+    config = families.config_from_json(ckpt_dir / "config.json")
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    variables = dict(nnx.to_flat_state(nnx.state(abstract)))
+    table = model_table(config, variables)
+    _check_headers(ckpt_dir, config, variables, table, _open_shards(ckpt_dir))
+    return config
+
+
+def _check_headers(ckpt_dir: Path, config, variables, table, located) -> None:
+    """CheckpointError unless the files hold exactly the table's tensors in their shapes."""
     ignored = {LM_HEAD} if config.tie_word_embeddings else set()
     unexpected = sorted(set(located) - set(table) - ignored)
     missing = sorted(set(table) - set(located))
@@ -131,13 +157,6 @@ def from_pretrained(
                 f"{located[name].path}: tensor {name!r} has shape {list(have)}, "
                 f"but config.json implies {list(want)}"
             )
-
-    for name, (rule, model_path) in table.items():
-        variable = variables[model_path]
-        target = variable.get_value()
-        array = rule.to_model(located[name].get(name), target.shape).astype(target.dtype)
-        variable.set_value(_place(array, variable, mesh, rules))
-    return nnx.merge(graphdef, state)
 
 
 def model_table(config, variables) -> dict[str, tuple[TensorRule, tuple]]:
@@ -255,6 +274,6 @@ def _write_json(path: Path, obj) -> None:
 
 
 __all__ = [
-    "CheckpointError", "SafetensorsError", "from_pretrained", "model_table", "resolve_checkpoint_dir",
+    "CheckpointError", "SafetensorsError", "check_checkpoint", "from_pretrained", "model_table", "resolve_checkpoint_dir",
     "save_pretrained",
 ]

@@ -23,7 +23,7 @@ from disrouter_jax.tasks.checkers import (
     refusal_status,
     token_f1,
 )
-from disrouter_jax.tasks.example import OPTION_LETTERS, BadRow, Example, Verdict
+from disrouter_jax.tasks.example import OPTION_LETTERS, BadRow, DataFileError, Example, Verdict
 from disrouter_jax.tasks.mixture import Mixture, build_mixture, load_mixture
 from disrouter_jax.tasks.prompts import (
     FORMAT_INSTRUCTIONS,
@@ -49,7 +49,7 @@ from disrouter_jax.tasks.registry import (
 )
 
 __all__ = [
-    "BadRow", "Example", "FORMAT_INSTRUCTIONS", "IN_DOMAIN", "LoadResult", "Mixture", "OPTION_LETTERS",
+    "BadRow", "DataFileError", "Example", "FORMAT_INSTRUCTIONS", "IN_DOMAIN", "LoadResult", "Mixture", "OPTION_LETTERS",
     "OUT_OF_DOMAIN", "PAPER_TASKS", "REFUSAL", "SCENARIOS", "SUPPORTED_ALPHAS", "Scenario", "TASKS", "Task",
     "Verdict", "build_messages", "build_mixture", "check_choice", "check_example", "check_number",
     "check_span", "choice_example", "exact_match", "example_jsonl_task", "extract_choice",

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 
 from disrouter_jax.tasks import readers
 from disrouter_jax.tasks.base import Task
-from disrouter_jax.tasks.example import BadRow, Example
+from disrouter_jax.tasks.example import BadRow, DataFileError, Example
 
 FORMAT_INSTRUCTION = (
     "Think briefly if needed, then give the final answer on the last line in the form "
@@ -48,7 +48,7 @@ def _unique(values: list[str]) -> tuple[str, ...]:
 def read_file(path: Path) -> Iterator[tuple[str, Any]]:
     data = readers.read_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object keyed by passage id, got {type(data).__name__}")
+        raise DataFileError(f"{path}: expected an object keyed by passage id, got {type(data).__name__}")
     for passage_id, section in data.items():
         qa_pairs = section.get("qa_pairs") if isinstance(section, dict) else None
         if not isinstance(qa_pairs, list):

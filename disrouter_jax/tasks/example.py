@@ -27,6 +27,11 @@ class BadRow(ValueError):
         self.detail = detail
 
 
+class DataFileError(ValueError):
+    """A whole source file that cannot be read in its format (not JSON, not the release layout):
+    a wrong path or a damaged download rather than one bad row, so loading stops and names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One benchmark question, source-format independent.

@@ -17,14 +17,14 @@ from typing import Any, Iterator, Mapping
 
 from disrouter_jax.tasks import readers
 from disrouter_jax.tasks.base import Task, choice_example
-from disrouter_jax.tasks.example import BadRow, Example
+from disrouter_jax.tasks.example import BadRow, DataFileError, Example
 
 
 def read_file(path: Path) -> Iterator[tuple[str, Any]]:
     data = readers.read_json(path)
     exams = data.get("exams") if isinstance(data, dict) else None
     if not isinstance(exams, dict):
-        raise ValueError(f"{path}: expected {{'exams': {{...}}}} (HEAD-QA layout)")
+        raise DataFileError(f"{path}: expected {{'exams': {{...}}}} (HEAD-QA layout)")
     for exam_key, exam in exams.items():
         questions = exam.get("data") if isinstance(exam, dict) else None
         if not isinstance(questions, list):

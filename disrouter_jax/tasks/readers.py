@@ -2,7 +2,7 @@
 
 `where` names the file and line/row for messages. A record that cannot even be decoded (a bad
 JSONL line, a CSV row with the wrong column count) is yielded as a BadRow instead of raising, so
-one broken line never stops a long run. A whole file that is not valid JSON raises a ValueError
+one broken line never stops a long run. A whole file that is not valid JSON raises a DataFileError
 naming the file: that is a wrong path, not a bad row.
 """
 
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from disrouter_jax.tasks.example import BadRow
+from disrouter_jax.tasks.example import BadRow, DataFileError
 
 Record = Any  # a decoded source record, or a BadRow
 # C0 control characters other than tab/newline/carriage return (some ARC rows carry stray \x02).
@@ -47,7 +47,7 @@ def read_json(path: Path) -> Any:
         with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+        raise DataFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
 
 
 def read_csv(path: Path, *, columns: int | None = None, header: bool = False) -> Stream:

@@ -14,14 +14,14 @@ from typing import Any, Iterator, Mapping
 
 from disrouter_jax.tasks import readers
 from disrouter_jax.tasks.base import Task
-from disrouter_jax.tasks.example import BadRow, Example
+from disrouter_jax.tasks.example import BadRow, DataFileError, Example
 
 
 def read_file(path: Path) -> Iterator[tuple[str, Any]]:
     data = readers.read_json(path)
     articles = data.get("data") if isinstance(data, dict) else None
     if not isinstance(articles, list):
-        raise ValueError(f"{path}: expected {{'data': [...]}} (SQuAD v1.1 layout)")
+        raise DataFileError(f"{path}: expected {{'data': [...]}} (SQuAD v1.1 layout)")
     for a, article in enumerate(articles):
         for p, paragraph in enumerate(article.get("paragraphs") or []):
             for q, qa in enumerate(paragraph.get("qas") or []):

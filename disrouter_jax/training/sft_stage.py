@@ -44,6 +44,13 @@ class SFTData:
     accept_fraction: float  # among the scenario examples (replay rows excluded)
     num_dropped: int
     num_replay: int = 0
+    # Per scenario α: {"delta", "answers", "refusals", "balanced"} of the targets kept (summary()).
+    per_alpha: tuple[tuple[float, dict], ...] = ()
+
+    def summary(self) -> dict:
+        """What SFT trains on, as ``sft/targets.json`` records it."""
+        return {"alphas": {f"{a:g}": counts for a, counts in self.per_alpha}, "replayed": self.num_replay,
+                "dropped_too_long": self.num_dropped, "examples": len(self.examples)}
 
 
 def scenario_prompt_ids(agent: Agent, task_name: str, question_text: str, alpha: float | None) -> list[int]:
@@ -106,7 +113,7 @@ def build_sft_data(
     if not 0.0 <= replay_fraction < 1.0:
         raise ValueError(f"sft.replay_fraction={replay_fraction!r}: must lie in [0, 1)")
     per_alpha = max(1, num_examples // len(alphas))
-    examples, accepts, dropped = [], 0, 0
+    examples, accepts, dropped, counts = [], 0, 0, []
 
     def add(task: str, question: str, response: str, alpha: float | None) -> bool:
         nonlocal dropped
@@ -127,9 +134,13 @@ def build_sft_data(
                 logger.warning("%s: alpha=%s has only %s targets (%d records); not balancing this scenario",
                                agent.name, alpha, "refusal" if answers == 0 else "answer", len(records))
                 alpha_balance = None
+        kept = {True: 0, False: 0}
         for target in sft_targets(records, alpha=alpha, balance=alpha_balance, seed=seed + i, max_examples=per_alpha):
             if add(target.task, target.prompt_question, target.response, alpha):
-                accepts += target.answers
+                kept[target.answers] += 1
+        accepts += kept[True]
+        counts.append((float(alpha), {"delta": round(1.0 - float(alpha), 6), "answers": kept[True],
+                                      "refusals": kept[False], "balanced": alpha_balance is not None}))
     num_scenario = len(examples)
     if not examples:
         raise ValueError(f"agent {agent.name}: no SFT example fits max_len={max_len}")
@@ -138,7 +149,7 @@ def build_sft_data(
         add(record.task, record.prompt_question, record.correct_response, None)
     if dropped:
         logger.warning("%s: dropped %d SFT examples longer than %d tokens", agent.name, dropped, max_len)
-    return SFTData(tuple(examples), accepts / num_scenario, dropped, len(examples) - num_scenario)
+    return SFTData(tuple(examples), accepts / num_scenario, dropped, len(examples) - num_scenario, tuple(counts))
 
 
 def sft_batch_fn(data: SFTData, *, batch_size: int, length_buckets: Sequence[int], pad_id: int, seed: int):

@@ -331,3 +331,14 @@ def test_small_and_large_decode_batches_take_their_programs_and_agree(gqa2, monk
     assert [g[0].token_list for g in wide] == [g[0].token_list for g in narrow]
     for a, b in zip(wide, narrow):
         np.testing.assert_allclose(a[0].logprobs, b[0].logprobs, atol=1e-5)
+
+
+def test_bfloat16_sampling_of_many_rows_runs_on_one_cpu_device(gqa2):
+    """The paper setup computes in bfloat16. On XLA:CPU a 16-row decode step once failed with
+    "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32" (the attention scores);
+    small batches took another dot backend and hid it."""
+    ckpt, _ = gqa2
+    model = hf_io.from_pretrained(ckpt, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    out = generate(model, PROMPTS, max_new_tokens=4, temperature=1.0, num_samples=4, stop_token_ids=())
+    assert [len(samples) for samples in out] == [4] * len(PROMPTS)
+    assert all(len(g.tokens) == 4 for samples in out for g in samples)
