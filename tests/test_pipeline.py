@@ -122,10 +122,10 @@ def test_assessment_is_off_or_names_an_unknown_stage(assessed_workdir):
 
 def test_each_stage_gets_the_optimizer_its_config_names():
     config = load_config_module("rl_alpha05.py").get_config("paper")
-    sft = pipeline._optim(config.sft, config.sft.steps)
+    sft = pipeline.optim_config(config.sft, config.sft.steps)
     assert (sft.learning_rate, sft.total_steps, sft.warmup_steps, sft.weight_decay, sft.max_grad_norm,
             sft.num_microbatches) == (1e-5, 1000, 50, 0.0, 1.0, 1)
     config.rl.warmup_steps, config.rl.grad_accum = 20, 4
-    rl = pipeline._optim(config.rl, 5)  # fewer steps than warm-up: warm-up ends one step before the end
+    rl = pipeline.optim_config(config.rl, 5)  # fewer steps than warm-up: warm-up ends one step before the end
     assert (rl.learning_rate, rl.total_steps, rl.warmup_steps, rl.num_microbatches) == (1e-6, 5, 4, 4)
-    assert pipeline._optim(config.rl, 1).warmup_steps == 0
+    assert pipeline.optim_config(config.rl, 1).warmup_steps == 0

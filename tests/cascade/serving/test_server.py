@@ -202,7 +202,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(server, examples
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a loaded 2-core machine may take long to admit all eight
     while httpx.get(f"{server.base_url}/health").json()["in_flight"] < 8:
         assert time.monotonic() < deadline
         time.sleep(0.005)
