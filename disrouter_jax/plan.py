@@ -109,12 +109,9 @@ def queries_used(config, workdir: str | Path, tasks: list[TaskCheck], role: str,
             total += cap
             continue
         rows = check.rows
-        if role == "train" and check.name in {t.name for t in tasks if t.role == "eval" and not t.problems}:
-            try:
-                if task_data.trains_on_eval_rows(config, check.name, workdir):
-                    rows = max(rows - task_data.rows_held_out(config), 0)
-            except SetupError:
-                pass  # reported by the run itself; the plan's counts stay upper bounds
+        evaluated = {t.name for t in tasks if t.role == "eval" and not t.problems}
+        if role == "train" and check.name in evaluated and task_data.trains_on_eval_rows(config, check.name, workdir):
+            rows = max(rows - task_data.rows_held_out(config), 0)  # checked by preflight.check_task
         total += min(rows, cap) if cap else rows
     return total
 
