@@ -230,6 +230,18 @@ def check_before_run(config, workdir: str | Path, specs: list[AgentSpec]) -> Pla
     return plan
 
 
+def print_plan(config, workdir: str | Path, title: str) -> None:
+    """``--config.plan_only=True`` of the train and evaluate commands: prints the plan; problems
+    end it with a SetupError (one line, exit status 2)."""
+    from disrouter_jax import distributed
+
+    made = make_plan(config, workdir)
+    if distributed.is_coordinator():
+        print(format_plan(made, config, title), flush=True)
+    if made.problems:
+        raise SetupError(f"the plan found {len(made.problems)} problem(s), listed above")
+
+
 # ------------------------------------------------------------------------------------ text
 
 
