@@ -516,9 +516,7 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
     configure_logging()
     with errors.reported_as_one_line():
         if config.plan_only:
-            from disrouter_jax.train import print_plan
-
-            return print_plan(config, workdir, config_arg)
+            return plan.print_plan(config, workdir, config_arg)
         workdir.mkdir(parents=True, exist_ok=True)
         if config.eval.replay_pool:
             built = run_replay(config, workdir, config.eval.replay_pool)

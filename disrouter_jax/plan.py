@@ -109,12 +109,9 @@ def queries_used(config, workdir: str | Path, tasks: list[TaskCheck], role: str,
             total += cap
             continue
         rows = check.rows
-        if role == "train" and check.name in {t.name for t in tasks if t.role == "eval" and not t.problems}:
-            try:
-                if task_data.trains_on_eval_rows(config, check.name, workdir):
-                    rows = max(rows - task_data.rows_held_out(config), 0)
-            except SetupError:
-                pass  # reported by the run itself; the plan's counts stay upper bounds
+        evaluated = {t.name for t in tasks if t.role == "eval" and not t.problems}
+        if role == "train" and check.name in evaluated and task_data.trains_on_eval_rows(config, check.name, workdir):
+            rows = max(rows - task_data.rows_held_out(config), 0)  # checked by preflight.check_task
         total += min(rows, cap) if cap else rows
     return total
 
@@ -231,6 +228,18 @@ def check_before_run(config, workdir: str | Path, specs: list[AgentSpec]) -> Pla
         more = f" (and {len(inputs) - 1} more: --config.plan_only=True lists them all)" if len(inputs) > 1 else ""
         raise SetupError(f"{inputs[0]}{more}")
     return plan
+
+
+def print_plan(config, workdir: str | Path, title: str) -> None:
+    """``--config.plan_only=True`` of the train and evaluate commands: prints the plan; problems
+    end it with a SetupError (one line, exit status 2)."""
+    from disrouter_jax import distributed
+
+    made = make_plan(config, workdir)
+    if distributed.is_coordinator():
+        print(format_plan(made, config, title), flush=True)
+    if made.problems:
+        raise SetupError(f"the plan found {len(made.problems)} problem(s), listed above")
 
 
 # ------------------------------------------------------------------------------------ text

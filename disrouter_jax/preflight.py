@@ -140,11 +140,18 @@ def check_task(config, name: str, workdir: str | Path, role: str) -> TaskCheck:
         result = get_task(name).read_local(path, split)
     except user_errors() as err:
         return TaskCheck(name, role, None, "", None, {}, (Problem("dataset", where, one_line(err)),))
-    problems = ()
+    problems = []
     if not result.examples:
-        problems = (Problem("dataset", where, f"no row of split {split!r} in {path} parses "
-                                              f"(skipped: {dict(result.skipped)})"),)
-    return TaskCheck(name, role, split, str(path), len(result.examples), dict(result.skipped), problems)
+        problems.append(Problem("dataset", where, f"no row of split {split!r} in {path} parses "
+                                                  f"(skipped: {dict(result.skipped)})"))
+    evaluated = name in set(config.data.eval_tasks) | set(config.data.out_of_domain)
+    if role == "train" and evaluated:
+        try:  # training on its evaluation split needs evaluated rows to hold out
+            if task_data.trains_on_eval_rows(config, name, workdir):
+                task_data.rows_held_out(config)
+        except user_errors() as err:
+            problems.append(Problem("dataset", where, one_line(err)))
+    return TaskCheck(name, role, split, str(path), len(result.examples), dict(result.skipped), tuple(problems))
 
 
 def check_tasks(config, workdir: str | Path) -> list[TaskCheck]:

@@ -18,7 +18,7 @@ import uvicorn
 from absl import app, flags
 from ml_collections import config_flags
 
-from disrouter_jax import runtime
+from disrouter_jax import errors, runtime
 from disrouter_jax.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def run_cli(flag_values: flags.FlagValues) -> None:
         serve_cfg = dataclasses.replace(serve_cfg, port=flag_values.port)
     workdir = Path(flag_values.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    stages = load_stages(config, workdir, serve_cfg)
+    with errors.reported_as_one_line():  # a missing agent or tokenizer: one line, exit 2
+        stages = load_stages(config, workdir, serve_cfg)
     logger.info("serving %s on http://%s:%d", [s.name for s in stages], serve_cfg.host, serve_cfg.port)
     service = CascadeService(stages, serve_cfg)
     # Uvicorn owns SIGTERM / SIGINT: it stops accepting, waits for in-flight requests, then runs

@@ -44,7 +44,7 @@ def main(argv):
 
 def run_cli(flag_values: flags.FlagValues):
     """The command from parsed flags: the plan, or the training; returns the trained agents' specs."""
-    from disrouter_jax import distributed, errors
+    from disrouter_jax import distributed, errors, pipeline, plan
 
     distributed.initialize()
     config = flag_values.config
@@ -53,9 +53,7 @@ def run_cli(flag_values: flags.FlagValues):
     configure_logging()
     with errors.reported_as_one_line():
         if config.plan_only:
-            return print_plan(config, workdir, config_arg)
-        from disrouter_jax import pipeline, plan
-
+            return plan.print_plan(config, workdir, config_arg)
         workdir.mkdir(parents=True, exist_ok=True)
         specs = pipeline.ensure_pool(config, workdir)
         plan.check_before_run(config, workdir, specs)
@@ -63,17 +61,6 @@ def run_cli(flag_values: flags.FlagValues):
     for spec in trained:
         print(f"{spec.name:24s} cost={spec.cost:.2f}  {spec.path}")
     return trained
-
-
-def print_plan(config, workdir: Path, title: str) -> None:
-    """Prints the plan (shared by the evaluation CLI); problems end with SetupError (status 2)."""
-    from disrouter_jax import distributed, errors, plan
-
-    made = plan.make_plan(config, workdir)
-    if distributed.is_coordinator():
-        print(plan.format_plan(made, config, title), flush=True)
-    if made.problems:
-        raise errors.SetupError(f"the plan found {len(made.problems)} problem(s), listed above")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,14 @@ def test_each_input_failure_is_named(qwen25_pool, shared_data, tmp_path):
                              ("dataset", "gsm8k (train)"), ("dataset", "gsm8k (eval)")}
 
 
+def test_training_on_evaluated_rows_needs_rows_to_hold_out(qwen25_pool, shared_data, tmp_path):
+    # gsm8k trains on its test split (the sample has no other), which evaluation reads whole at 0.
+    config = _config(qwen25_pool, shared_data, {"data.eval_per_task": 0})
+    [problem] = plan.make_plan(config, tmp_path).problems
+    assert (problem.kind, problem.where) == ("dataset", "gsm8k (train)")
+    assert "config.data.eval_per_task and config.assess.per_task must be > 0" in problem.message
+
+
 def test_a_hub_id_offline_is_named_and_still_sized_from_the_release():
     check = preflight.check_agent(AgentSpec("small", "Qwen/Qwen2.5-0.5B-Instruct", 0.1))  # HF_HUB_OFFLINE=1
     assert check.model_config == released_config("Qwen/Qwen2.5-0.5B-Instruct")

@@ -280,3 +280,12 @@ def test_llama3_dialect_renders_llama3_chats_and_reloads_as_is(llama3_tokenizer)
     again = AutoTokenizer.from_pretrained(llama3_tokenizer.name_or_path, local_files_only=True)
     assert again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
     assert _ids(again, text) == _ids(llama3_tokenizer, text)
+
+
+def test_both_dialects_pass_the_checks_every_run_makes_first(tokenizer_dir, llama3_tokenizer, tmp_path):
+    """`make demo` runs the same input checks as the paper setup (disrouter_jax/preflight.py)."""
+    from disrouter_jax.preflight import check_tokenizer
+
+    llama3_tokenizer.save_pretrained(tmp_path)
+    assert check_tokenizer(tokenizer_dir, "toy chatml") == []
+    assert check_tokenizer(tmp_path, "toy llama3") == []
