@@ -19,6 +19,8 @@ def tiny_sat_config(pool_dir, *, train_per_task: int, sft_steps: int, rl_steps: 
     config.sft.steps = sft_steps
     config.sft.batch_size = 8
     config.sft.warmup_steps = 1
+    # One length bucket (the toy setup's longest): one SFT and one RL step program per agent.
+    config.sft.length_buckets = (max(config.sft.length_buckets),)
     config.rl.steps = rl_steps
     config.rl.prompts_per_step = 4
     config.rl.warmup_steps = 1
