@@ -296,7 +296,8 @@ def test_lora_trains_adapters_only_and_transformers_runs_the_merged_export_as_tr
         for stage, start in starts.items():
             agent = agents_lib.load_agent(AgentSpec(pool_agent.name, str(start), pool_agent.cost),
                                           dtype=config.dtype, param_dtype=config.param_dtype)
-            template = pipeline.train_state_for(config, agent, pipeline.optim_config(config[stage], config[stage].steps))
+            template = pipeline.train_state_for(config, agent.model,
+                                                pipeline.optim_config(config[stage], config[stage].steps))
             with TrainCheckpointer(agent_dir / stage / "checkpoints") as ckpt:
                 restored = ckpt.restore(template)
             assert restored.step == config[stage].steps
