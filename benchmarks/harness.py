@@ -43,9 +43,18 @@ class ModelShape:
 
 TINY = ModelShape(4096, 128, 384, 2, 4, 2)
 MID = ModelShape(32000, 512, 1536, 8, 8, 2)
-# Qwen2.5-0.5B's architecture (random weights: no download needed).
-QWEN25_05B = ModelShape(151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True)
-QWEN25_7B = ModelShape(152064, 3584, 18944, 28, 28, 4)
+
+
+def released_shape(hub_id: str) -> ModelShape:
+    """A released checkpoint's architecture (`models.releases`; random weights: no download)."""
+    from disrouter_jax.models.releases import RELEASED_CONFIGS
+
+    hf = RELEASED_CONFIGS[hub_id]
+    return ModelShape(*(hf[f.name] for f in dataclasses.fields(ModelShape)))
+
+
+QWEN25_05B = released_shape("Qwen/Qwen2.5-0.5B-Instruct")
+QWEN25_7B = released_shape("Qwen/Qwen2.5-7B-Instruct")
 SHAPES = {"tiny": TINY, "mid": MID, "qwen2.5-0.5b": QWEN25_05B, "qwen2.5-7b": QWEN25_7B}
 
 

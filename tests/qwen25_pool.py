@@ -162,3 +162,16 @@ def build_pool(data_dir: Path, root: Path) -> list[dict]:
         path = build_agent(root / name, tokenizer, reply=reply, seed=seed)
         agents.append({"name": name, "path": str(path), "cost": cost})
     return agents
+
+
+def copy_without_chat_template(agent_dir: str | Path, out_dir: Path) -> Path:
+    """A copy of an agent directory whose tokenizer has no chat template (neither the .jinja file
+    nor tokenizer_config.json's field): what a base, non-instruct checkpoint looks like."""
+    import shutil
+
+    shutil.copytree(agent_dir, out_dir)
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((out_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    return out_dir

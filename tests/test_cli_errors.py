@@ -3,9 +3,7 @@ no traceback: a Hub id offline, a missing data split, a data file that does not 
 without a chat template. Checked through the real entry point once (a subprocess), the rest on the
 CLI functions in this process."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +13,7 @@ from absl import flags
 from disrouter_jax import evaluate, train
 from tests.conftest import PROJECT_ROOT
 from tests.paper_setup import as_flags, overrides
+from tests.qwen25_pool import copy_without_chat_template
 
 FEW_TASKS = {"data.train_tasks": ("gsm8k",), "data.eval_tasks": ("gsm8k",), "data.out_of_domain": ("squad",)}
 
@@ -68,12 +67,7 @@ def test_a_data_file_that_does_not_parse_is_one_line(qwen25_pool, shared_data, t
 
 
 def test_a_tokenizer_without_chat_template_is_one_line(qwen25_pool, shared_data, tmp_path, monkeypatch, capsys):
-    base = tmp_path / "base_model"
-    shutil.copytree(qwen25_pool[0]["path"], base)
-    (base / "chat_template.jinja").unlink(missing_ok=True)
-    tokenizer_config = json.loads((base / "tokenizer_config.json").read_text())
-    tokenizer_config.pop("chat_template", None)
-    (base / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    base = copy_without_chat_template(qwen25_pool[0]["path"], tmp_path / "base_model")
     pool = [dict(qwen25_pool[0], path=str(base)), *qwen25_pool[1:]]
     values = overrides(pool, shared_data, extra=FEW_TASKS)
     assert _run(train, "configs/rl_alpha05.py", values, tmp_path, monkeypatch) == 2

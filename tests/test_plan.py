@@ -1,8 +1,6 @@
 """The plan (disrouter_jax/plan.py): bytes per device from shapes only, checked against a hand
 computation; every named failure (checkpoint, data set, tokenizer, memory); the plan command."""
 
-import json
-import shutil
 import sys
 
 import pytest
@@ -14,6 +12,7 @@ from disrouter_jax.models.families import Qwen2Config
 from disrouter_jax.models.releases import RELEASED_CONFIGS, released_config
 from tests.conftest import load_config_module
 from tests.paper_setup import as_flags, overrides, paper_config
+from tests.qwen25_pool import copy_without_chat_template
 
 # One layer, 2 query heads over 1 KV head of 8 dims, tied embeddings.
 TINY = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
@@ -89,12 +88,7 @@ def test_a_sound_setup_plans_without_problems(qwen25_pool, shared_data, tmp_path
 
 
 def test_each_input_failure_is_named(qwen25_pool, shared_data, tmp_path):
-    no_template = tmp_path / "no_template"
-    shutil.copytree(qwen25_pool[1]["path"], no_template)
-    (no_template / "chat_template.jinja").unlink(missing_ok=True)
-    tokenizer_config = json.loads((no_template / "tokenizer_config.json").read_text())
-    tokenizer_config.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    no_template = copy_without_chat_template(qwen25_pool[1]["path"], tmp_path / "no_template")
     data = tmp_path / "data"
     (data / "gsm8k").mkdir(parents=True)  # no file of any split
     (data / "squad").symlink_to(shared_data / "squad")

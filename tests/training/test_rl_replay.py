@@ -67,10 +67,9 @@ def test_replay_coef_without_replay_rows_is_an_error(gqa2_path):
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory):
+def agent(scripted_ladder):
     sa.scripted_task()
-    path = sa.build_agent_checkpoint(tmp_path_factory.mktemp("rl_agent") / "a", 0)
-    return load_agent(AgentSpec("a", str(path), 0.1), dtype="float32")
+    return load_agent(AgentSpec("a", str(scripted_ladder[0]), 0.1), dtype="float32")
 
 
 def _records():
