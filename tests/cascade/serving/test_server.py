@@ -192,7 +192,19 @@ def test_a_client_that_leaves_frees_its_request(server, examples):
     assert httpx.get(f"{server.base_url}/health").json()["in_flight"] == 0
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(server, examples):
+@pytest.fixture
+def slow_server(ladder_pool, tmp_path_factory):
+    """A server of its own whose every stage takes a second, so that eight requests are surely in
+    flight together before it is told to stop (the shared one answers in ~0.15 s: on a loaded
+    machine the eight never overlapped)."""
+    config_path, _ = ladder_pool
+    proc = ServerProcess(config_path, tmp_path_factory.mktemp("served_slow"), "--config.serve.stage_delay_s=1.0")
+    yield proc.wait_ready()
+    proc.stop()
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server, examples):
+    server = slow_server
     results = []
     body = {"model": "disrouter", "messages": user_messages(examples[3])}
 
@@ -202,7 +214,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(server, examples
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 60  # a loaded 2-core machine may take long to admit all eight
+    deadline = time.monotonic() + 30
     while httpx.get(f"{server.base_url}/health").json()["in_flight"] < 8:
         assert time.monotonic() < deadline
         time.sleep(0.005)
