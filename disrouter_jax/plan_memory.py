@@ -8,9 +8,10 @@ formulas (upper estimates, as in launch/README.md "Memory per model"):
 
 * training activations: what backpropagation keeps, ``activation_bytes`` (the terms and why each is
   there are in its docstring; tests/test_plan.py checks them against XLA's own memory analysis of
-  the compiled SFT backward on CPU). Rows per device: the micro-batch (batch / grad_accum) over
-  ``data·fsdp`` (a batch they do not divide is replicated); T: the longest length bucket; heads,
-  MLP and vocabulary over ``tensor`` where it divides.
+  the compiled SFT backward on CPU). Rows per device: the micro-batch (batch / grad_accum, and an
+  RL micro-batch's replay rows likewise) over ``data·fsdp`` (a batch they do not divide is
+  replicated); T: the longest length bucket; heads, MLP and vocabulary over ``tensor`` where it
+  divides.
 * a KV cache: ``2·L·K·H`` values in the compute dtype per row and slot, over the generation
   buckets of (longest length bucket) prompt + ``max_new_tokens`` slots.
 """
@@ -177,6 +178,13 @@ def train_batch_rows(config, stage: str) -> int:
     return config.sft.batch_size if stage == "sft" else config.rl.prompts_per_step * config.rl.group_size
 
 
+def replay_batch_rows(config, stage: str) -> int:
+    """The rows an RL step also trains on by cross-entropy (``rl.replay_rows`` when
+    ``rl.replay_coef`` > 0): micro-batched like the rollouts (``rl_loss`` forwards both, so both
+    micro-batches' activations are kept at once); 0 for SFT."""
+    return int(config.rl.replay_rows) if stage == "rl" and config.rl.replay_coef > 0 else 0
+
+
 def accumulator_bytes(grad_bytes: int, config) -> int:
     """The float32 sums gradient accumulation keeps, from the gradients' bytes (``param_dtype``)."""
     return grad_bytes * 4 // jnp.dtype(DTYPES[config.param_dtype]).itemsize
@@ -184,8 +192,12 @@ def accumulator_bytes(grad_bytes: int, config) -> int:
 
 def training_activations(config, mc: ModelConfig, mesh: Mapping[str, int], platform: str, stage: str,
                          grad_accum: int) -> int:
-    """Activation bytes per device of one micro-batch of ``stage`` ("sft" or "rl")."""
-    rows = rows_per_device(train_batch_rows(config, stage) // grad_accum, mesh["data"] * mesh["fsdp"])
+    """Activation bytes per device of one micro-batch of ``stage`` ("sft" or "rl"), an RL
+    micro-batch's replay rows included (each part split over the data shards on its own)."""
+    shards = mesh["data"] * mesh["fsdp"]
+    rows = rows_per_device(train_batch_rows(config, stage) // grad_accum, shards)
+    replay = replay_batch_rows(config, stage) // grad_accum
+    rows += rows_per_device(replay, shards) if replay else 0
     return activation_bytes(mc, rows=rows, length=max(config.sft.length_buckets), tensor=mesh["tensor"],
                             itemsize=jnp.dtype(DTYPES[config.dtype]).itemsize, platform=platform,
                             fused_attention=fused_attention(config, mc, platform))

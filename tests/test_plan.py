@@ -51,6 +51,9 @@ def test_bytes_per_device_match_a_hand_computation():
     # RL alternates rollouts (KV cache) and updates (gradients + activations) over the same state.
     assert set(stages) == {"label", "sft", "rl rollouts", "rl update", "assess"}
     assert stages["rl rollouts"]["optimizer"] == stages["rl update"]["optimizer"] == 2 * params + 12
+    # An RL update forwards its 16 prompts x 8 samples and its 16 replay rows (rl.replay_rows) in the
+    # same micro-batch: 64 + 8 rows per device, each as an SFT row.
+    assert stages["rl update"]["activations"] == (128 // 2 + 16 // 2) * 64 * (2456 + 1952)
 
 
 def test_fused_attention_tensor_split_and_gradient_accumulation():
