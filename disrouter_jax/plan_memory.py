@@ -124,7 +124,9 @@ def activation_bytes(mc: ModelConfig, *, rows: int, length: int, itemsize: int, 
     Qwen3 shapes in float32 and bfloat16 (tests/test_plan.py checks four); once on an H200 (jax
     0.11) 1.22x for the Qwen2.5-0.5B shape at 2 rows × 2048 tokens in bfloat16 with cuDNN
     attention, 1.2x per layer of the 7B shape, 1.2–1.65x with XLA attention or in float32. Not
-    counted: temporaries the size of the weights (their 16-bit copies, gradient partials).
+    counted: temporaries the size of the weights (their 16-bit copies, gradient partials and,
+    under FSDP, the gathered weights: on 8 CPU devices with fsdp=8 XLA kept every layer's
+    gathered float32 weights for the backward).
     """
     cpu = platform == "cpu"
     c = itemsize
