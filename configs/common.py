@@ -156,7 +156,9 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.rl.learning_rate = 1e-6
     c.rl.warmup_steps = 20
     c.rl.max_grad_norm = 1.0
-    c.rl.grad_accum = 1  # the prompts_per_step * group_size rows of a step in this many micro-batches
+    # The prompts_per_step * group_size rows of a step and its replay_rows in this many micro-batches
+    # (it divides both); the real pool on 8 GPUs of 71.6 GiB needs 8 (README, "Before your first GPU run").
+    c.rl.grad_accum = 1
 
     # The scenarios: a single α (rl_alphaXX) or several drawn per prompt (rl_mixed).
     c.alphas = (0.5,)

@@ -199,9 +199,10 @@ def over_budget(config, target: Target, agent: AgentPlan, stage: StageMemory) ->
     name = {"sft": "sft", "rl update": "rl"}.get(stage.stage)
     if name is None:
         return text + "; shard wider (config.mesh) or lower the stage's batch_size"
-    rows = plan_memory.train_batch_rows(config, name)
+    rows, replay = plan_memory.train_batch_rows(config, name), plan_memory.replay_batch_rows(config, name)
     fixed = stage.total - stage.parts["activations"] - stage.parts.get("accumulators", 0)
-    for accum in (k for k in range(1, rows + 1) if rows % k == 0):
+    # Micro-batches split the replay rows too: a count that does not divide them does not run.
+    for accum in (k for k in range(1, rows + 1) if rows % k == 0 and replay % k == 0):
         need = fixed + plan_memory.training_activations(config, agent.check.model_config, target.mesh,
                                                         target.platform, name, accum)
         need += plan_memory.accumulator_bytes(stage.parts["grads"], config) if accum > 1 else 0

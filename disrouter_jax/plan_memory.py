@@ -6,12 +6,12 @@ array sharded by the project's logical-axis rules on the mesh (``sharding.logica
 dimension an axis does not divide stays whole, as at run time). Activations and KV caches are
 formulas (upper estimates, as in launch/README.md "Memory per model"):
 
-* training activations, per row and token of a micro-batch: per layer ``10·D + 4·F`` values in
-  the compute dtype, plus, unless attention is fused (cuDNN on a GPU in 16-bit), the ``N·T``
-  attention scores in float32 and their probabilities in the compute dtype; once per token the
-  float32 logits, their softmax and its gradient, ``3·4·V`` bytes. Rows per device: the
-  micro-batch (batch / grad_accum) over ``data·fsdp`` (a batch they do not divide is replicated);
-  T: the longest length bucket; heads, MLP and vocabulary over ``tensor`` where it divides.
+* training activations: what backpropagation keeps, ``activation_bytes`` (the terms and why each is
+  there are in its docstring; tests/test_plan.py checks them against XLA's own memory analysis of
+  the compiled SFT backward on CPU). Rows per device: the micro-batch (batch / grad_accum, and an
+  RL micro-batch's replay rows likewise) over ``data·fsdp`` (a batch they do not divide is
+  replicated); T: the longest length bucket; heads, MLP and vocabulary over ``tensor`` where it
+  divides.
 * a KV cache: ``2·L·K·H`` values in the compute dtype per row and slot, over the generation
   buckets of (longest length bucket) prompt + ``max_new_tokens`` slots.
 """
@@ -80,12 +80,68 @@ def rows_per_device(rows: int, shards: int) -> int:
 
 
 def activation_bytes(mc: ModelConfig, *, rows: int, length: int, itemsize: int, fused_attention: bool,
-                     tensor: int = 1) -> int:
-    """What backpropagation keeps for ``rows`` sequences of ``length`` tokens on one device."""
-    scores = 0 if fused_attention else _split(mc.num_heads, tensor) * length * (4 + itemsize)
-    per_layer = (10 * mc.hidden_size + 4 * _split(mc.intermediate_size, tensor)) * itemsize + scores
-    per_token = mc.num_layers * per_layer + 3 * 4 * _split(mc.vocab_size, tensor)
-    return rows * length * per_token
+                     platform: str, tensor: int = 1) -> int:
+    """What backpropagation keeps for ``rows`` sequences of ``length`` (T) tokens on one device.
+
+    ``c`` is the compute dtype's itemsize; ``w`` the itemsize in which XLA keeps the values the
+    decoder computes in that dtype: ``w = c`` on GPU and TPU, ``w = 4`` on CPU, where XLA runs
+    16-bit dots and elementwise ops in float32 and keeps their float32 results (its memory
+    analysis of a bfloat16 step lists the residual stream, the matmul inputs and the attention
+    tensors as float32 buffers). Per token and layer (``models/decoder.py``, ``layers.py``,
+    ``attention.py``):
+
+    * ``(4·w + 2·c)·D``: the residual stream twice (the layer's input and its sum after
+      attention) and the two RMSNorm outputs that feed the q/k/v and gate/up matmuls, ``w`` each;
+      the two normalised values before the scale, ``c`` (``rms_normalize`` normalises in float32
+      and casts back; XLA:CPU keeps them, the GPU recomputes them: margin there).
+    * ``2·w·(N + K)·H``: the queries and keys after RoPE and the values, which the attention's
+      backward reads, and the attention output, the o projection's input.
+    * ``(w + 2·c)·F``, on CPU ``(w + 4·c)·F``: the MLP's gate and up outputs (``c``; SwiGLU's
+      backward needs both) and ``silu(gate)·up`` (``w``), the down projection's input; XLA:CPU
+      also keeps ``sigmoid(gate)`` and ``silu(gate)``.
+    * ``8·(N + 1)``: the softmax's float32 statistics per head and query, and the two norms'
+      float32 reciprocal RMS.
+    * with ``qk_norm`` (Qwen3) ``(4 + w)·(N + K)·H``: the q and k projections before their norm
+      (``w``), which its backward reads, and their float32 normalised values.
+    * unless attention is fused (cuDNN on a GPU in 16-bit: no ``[T, T]`` tensor at all)
+      ``(4 + w)·N·T``: the scores, computed in float32 (``preferred_element_type``), and the
+      softmax's probabilities (float32, cast to the compute dtype for the value matmul: ``w``);
+      on CPU ``+ 4·N·T``, the float32 broadcast of the softmax denominator that XLA:CPU
+      materialises where a KV head serves more than two query heads.
+
+    Once per token: ``(4·w + c)·D``, the embedding output and the final norm's input, output
+    and output gradient (``w``) and normalised value (``c``); ``(4 + w)·V``, the gradient of the
+    float32 logits the loss reads (``Decoder.logits`` upcasts) and a second ``[V]`` buffer
+    (XLA:CPU scatters the target's gradient into one float32 buffer and sums into another; a GPU
+    holds the 16-bit logits while it forms the gradient), plus in 16-bit ``c·V``, the gradient
+    cast back for the LM head's two backward matmuls; unless attention is fused, ``8·N·T``: the
+    float32 gradients of one layer's scores and probabilities while its backward runs, the
+    layers below still holding theirs.
+
+    Heads (N, K), the MLP (F) and the vocabulary (V) count over ``tensor`` where it divides them;
+    D is whole on every device. Checked against ``temp_size_in_bytes`` of the compiled SFT
+    backward's ``memory_analysis()`` on one device: on CPU 1.06–1.56x of it over tiny Qwen2 and
+    Qwen3 shapes in float32 and bfloat16 (tests/test_plan.py checks four); once on an H200 (jax
+    0.11) 1.22x for the Qwen2.5-0.5B shape at 2 rows × 2048 tokens in bfloat16 with cuDNN
+    attention, 1.2x per layer of the 7B shape, 1.2–1.65x with XLA attention or in float32. Not
+    counted: temporaries the size of the weights (their 16-bit copies, gradient partials and,
+    under FSDP, the gathered weights: on 8 CPU devices with fsdp=8 XLA kept every layer's
+    gathered float32 weights for the backward).
+    """
+    cpu = platform == "cpu"
+    c = itemsize
+    w = 4 if cpu else c
+    heads, kv_heads = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
+    d, h, t = mc.hidden_size, mc.head_dim, length
+    per_layer = ((4 * w + 2 * c) * d + 2 * w * (heads + kv_heads) * h
+                 + (w + (4 if cpu else 2) * c) * _split(mc.intermediate_size, tensor) + 8 * (heads + 1))
+    if mc.qk_norm:
+        per_layer += (4 + w) * (heads + kv_heads) * h
+    once = (4 * w + c) * d + (4 + w + (c if c < 4 else 0)) * _split(mc.vocab_size, tensor)
+    if not fused_attention:
+        per_layer += (4 + w + (4 if cpu else 0)) * heads * t
+        once += 8 * heads * t
+    return rows * length * (mc.num_layers * per_layer + once)
 
 
 def kv_cache_bytes(mc: ModelConfig, *, rows: int, slots: int, itemsize: int, tensor: int = 1) -> int:
@@ -124,6 +180,13 @@ def train_batch_rows(config, stage: str) -> int:
     return config.sft.batch_size if stage == "sft" else config.rl.prompts_per_step * config.rl.group_size
 
 
+def replay_batch_rows(config, stage: str) -> int:
+    """The rows an RL step also trains on by cross-entropy (``rl.replay_rows`` when
+    ``rl.replay_coef`` > 0): micro-batched like the rollouts (``rl_loss`` forwards both, so both
+    micro-batches' activations are kept at once); 0 for SFT."""
+    return int(config.rl.replay_rows) if stage == "rl" and config.rl.replay_coef > 0 else 0
+
+
 def accumulator_bytes(grad_bytes: int, config) -> int:
     """The float32 sums gradient accumulation keeps, from the gradients' bytes (``param_dtype``)."""
     return grad_bytes * 4 // jnp.dtype(DTYPES[config.param_dtype]).itemsize
@@ -131,10 +194,14 @@ def accumulator_bytes(grad_bytes: int, config) -> int:
 
 def training_activations(config, mc: ModelConfig, mesh: Mapping[str, int], platform: str, stage: str,
                          grad_accum: int) -> int:
-    """Activation bytes per device of one micro-batch of ``stage`` ("sft" or "rl")."""
-    rows = rows_per_device(train_batch_rows(config, stage) // grad_accum, mesh["data"] * mesh["fsdp"])
+    """Activation bytes per device of one micro-batch of ``stage`` ("sft" or "rl"), an RL
+    micro-batch's replay rows included (each part split over the data shards on its own)."""
+    shards = mesh["data"] * mesh["fsdp"]
+    rows = rows_per_device(train_batch_rows(config, stage) // grad_accum, shards)
+    replay = replay_batch_rows(config, stage) // grad_accum
+    rows += rows_per_device(replay, shards) if replay else 0
     return activation_bytes(mc, rows=rows, length=max(config.sft.length_buckets), tensor=mesh["tensor"],
-                            itemsize=jnp.dtype(DTYPES[config.dtype]).itemsize,
+                            itemsize=jnp.dtype(DTYPES[config.dtype]).itemsize, platform=platform,
                             fused_attention=fused_attention(config, mc, platform))
 
 
