@@ -121,6 +121,11 @@ def get_base_config(setup: str) -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict()
     c.sft.num_examples = 10_000
     c.sft.balance = 0.5
+    # Over what the 50/50 holds: "per_alpha", each scenario's targets on their own (the paper's
+    # recipe read per scenario); "pooled", the union of every scenario's targets, so that each α
+    # keeps its own answer rate (measured on the toy pool: no α lever either; README,
+    # "Self-Awareness Training").
+    c.sft.balance_scope = "per_alpha"
     # Regulariser: this share of every SFT batch replays the agent's own plain-prompt answers
     # (its correct answer to training queries it gets right at least half the time), so that
     # learning the refusal under the scenario prompts does not erase what it knows (0 = off).

@@ -173,7 +173,8 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
         if not loop_lib.is_done(sft_dir) or not (sft_dir / "export" / "config.json").is_file():
             data = build_sft_data(
                 agent, records, alphas=tuple(config.alphas), num_examples=config.sft.num_examples,
-                balance=config.sft.balance, max_len=max(config.sft.length_buckets), seed=config.seed,
+                balance=config.sft.balance, balance_scope=config.sft.balance_scope,
+                max_len=max(config.sft.length_buckets), seed=config.seed,
                 replay_fraction=config.sft.replay_fraction,
             )
             logger.info("%s: %d SFT examples (%d replayed plain answers), %.0f%% answer targets", spec.name,

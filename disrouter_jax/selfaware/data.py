@@ -306,6 +306,75 @@ def sft_targets(
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
+# How SFT balances answers against refusals when one model learns several scenarios.
+PER_ALPHA = "per_alpha"  # each scenario on its own
+POOLED = "pooled"  # once, over every scenario's targets together
+BALANCE_SCOPES = (PER_ALPHA, POOLED)
+
+
+def scenario_targets(
+    records: Sequence[LabelRecord],
+    *,
+    alphas: Sequence[float],
+    balance: float | None = 0.5,
+    scope: str = PER_ALPHA,
+    seed: int,
+    max_examples: int | None = None,
+) -> list[SFTExample]:
+    """SFT examples for one agent over every scenario of ``alphas`` (``sft_targets`` per α).
+
+    ``scope=POOLED`` balances the union of the scenarios' targets to ``balance`` once and caps it
+    at ``max_examples``: each scenario keeps its own answer rate relative to the others (Cost First,
+    with the lowest δ, answers the most), which is the difference the agent must learn to read
+    from the scenario in its prompt. ``scope=PER_ALPHA`` balances each scenario to ``balance``
+    and caps each at ``max_examples // len(alphas)``: every scenario then answers the same share
+    of its examples, and only the queries whose label flips with α carry the scenario.
+    A scenario (PER_ALPHA) or the union (POOLED) with one class empty is kept unbalanced, with a
+    warning: its labels are still right (e.g. a weak agent never reaches p >= 0.8).
+    """
+    if scope not in BALANCE_SCOPES:
+        raise ValueError(f"sft.balance_scope={scope!r}: must be one of {BALANCE_SCOPES}")
+    if not alphas:
+        raise ValueError("alphas must name at least one scenario")
+    if scope == PER_ALPHA:
+        cap = None if max_examples is None else max(1, max_examples // len(alphas))
+        return [t for i, alpha in enumerate(alphas)
+                for t in sft_targets(records, alpha=alpha, balance=_balance_or_none(records, (alpha,), balance),
+                                     seed=seed + i, max_examples=cap)]
+    pooled = [t for i, alpha in enumerate(alphas) for t in sft_targets(records, alpha=alpha, balance=None, seed=seed + i)]
+    accept = [t for t in pooled if t.answers]
+    reject = [t for t in pooled if not t.answers]
+    if _balance_or_none(records, alphas, balance) is None:
+        keep_accept, keep_reject = len(accept), len(reject)
+    else:
+        keep_accept, keep_reject = balanced_counts(len(accept), len(reject), balance)
+    total = keep_accept + keep_reject
+    if max_examples is not None and total > max_examples:
+        keep_accept = round(keep_accept * max_examples / total)
+        keep_reject = max_examples - keep_accept
+    rng = np.random.default_rng([seed, 11])
+    chosen = _sample(accept, keep_accept, rng) + _sample(reject, keep_reject, rng)
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def balance_applies(records: Sequence[LabelRecord], alphas: Sequence[float], balance: float | None) -> bool:
+    """Whether ``balance`` can hold over the targets of ``alphas``: both classes present (0 or 1
+    is no balance to strike, nor is None)."""
+    if balance is None or not 0.0 < balance < 1.0:
+        return False
+    answers = sum(should_answer(r.p_correct, alpha) for alpha in alphas for r in records)
+    return answers not in (0, len(records) * len(alphas))
+
+
+def _balance_or_none(records: Sequence[LabelRecord], alphas: Sequence[float], balance: float | None) -> float | None:
+    """``balance``, or None (with a warning) when the scenarios' targets hold only one class."""
+    if balance is None or not 0.0 < balance < 1.0 or balance_applies(records, alphas, balance):
+        return balance
+    logger.warning("%s, alpha=%s: targets of one class only (%d records); not balancing",
+                   records[0].agent if records else "no agent", ",".join(f"{a:g}" for a in alphas), len(records))
+    return None
+
+
 def _example(r: LabelRecord, alpha: float, response: str, *, answers: bool) -> SFTExample:
     return SFTExample(agent=r.agent, task=r.task, query_id=r.query_id, alpha=float(alpha),
                       prompt_question=r.prompt_question, response=response, answers=answers,

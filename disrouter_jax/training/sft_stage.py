@@ -1,7 +1,8 @@
 """Stage 2: SFT on self-labelled targets (the agent's own correct answer, or the refusal).
 
 For each configured scenario α the labels give targets with threshold δ = 1 − α, balanced
-accept/reject; the prompt carries that scenario's instruction, so one model learns every scenario.
+accept/reject per scenario or over all of them together (``sft.balance_scope``); the prompt
+carries that scenario's instruction, so one model learns every scenario.
 Batches are a pure function of the step index (an epoch-wise permutation from the seed).
 
 Regulariser (``replay_fraction``): that share of the examples replays the agent's own answers on
@@ -24,9 +25,11 @@ from disrouter_jax.generation import chat_prompt_ids
 from disrouter_jax.selfaware.data import (
     LabelRecord,
     TokenizedSFTExample,
+    PER_ALPHA,
+    POOLED,
+    balance_applies,
     bucket_pad_batch,
-    sft_targets,
-    should_answer,
+    scenario_targets,
     tokenize_sft_example,
 )
 from disrouter_jax.tasks.prompts import build_messages
@@ -46,10 +49,12 @@ class SFTData:
     num_replay: int = 0
     # Per scenario α: {"delta", "answers", "refusals", "balanced"} of the targets kept (summary()).
     per_alpha: tuple[tuple[float, dict], ...] = ()
+    balance_scope: str = PER_ALPHA
 
     def summary(self) -> dict:
         """What SFT trains on, as ``sft/targets.json`` records it."""
-        return {"alphas": {f"{a:g}": counts for a, counts in self.per_alpha}, "replayed": self.num_replay,
+        return {"alphas": {f"{a:g}": counts for a, counts in self.per_alpha}, "balance_scope": self.balance_scope,
+                "replayed": self.num_replay,
                 "dropped_too_long": self.num_dropped, "examples": len(self.examples)}
 
 
@@ -107,13 +112,14 @@ def build_sft_data(
     max_len: int,
     seed: int,
     replay_fraction: float = 0.0,
+    balance_scope: str = PER_ALPHA,
 ) -> SFTData:
-    """Tokenized SFT examples over all scenarios: ``num_examples`` split evenly across α, plus
-    replay rows making up ``replay_fraction`` of the result (module docstring)."""
+    """Tokenized SFT examples over all scenarios (``selfaware.data.scenario_targets``: at most
+    ``num_examples``, balanced as ``balance_scope`` says), plus replay rows making up
+    ``replay_fraction`` of the result (module docstring)."""
     if not 0.0 <= replay_fraction < 1.0:
         raise ValueError(f"sft.replay_fraction={replay_fraction!r}: must lie in [0, 1)")
-    per_alpha = max(1, num_examples // len(alphas))
-    examples, accepts, dropped, counts = [], 0, 0, []
+    examples, dropped = [], 0
 
     def add(task: str, question: str, response: str, alpha: float | None) -> bool:
         nonlocal dropped
@@ -124,23 +130,15 @@ def build_sft_data(
         examples.append(example)
         return True
 
-    for i, alpha in enumerate(alphas):
-        alpha_balance = balance
-        if balance is not None and 0.0 < balance < 1.0:
-            answers = sum(should_answer(r.p_correct, alpha) for r in records)
-            if answers in (0, len(records)):
-                # One class is empty (e.g. a weak agent never reaches p >= 0.8): balancing is
-                # impossible, and the labels are still right — keep them all rather than drop α.
-                logger.warning("%s: alpha=%s has only %s targets (%d records); not balancing this scenario",
-                               agent.name, alpha, "refusal" if answers == 0 else "answer", len(records))
-                alpha_balance = None
-        kept = {True: 0, False: 0}
-        for target in sft_targets(records, alpha=alpha, balance=alpha_balance, seed=seed + i, max_examples=per_alpha):
-            if add(target.task, target.prompt_question, target.response, alpha):
-                kept[target.answers] += 1
-        accepts += kept[True]
-        counts.append((float(alpha), {"delta": round(1.0 - float(alpha), 6), "answers": kept[True],
-                                      "refusals": kept[False], "balanced": alpha_balance is not None}))
+    kept = {float(alpha): {True: 0, False: 0} for alpha in alphas}
+    for target in scenario_targets(records, alphas=alphas, balance=balance, scope=balance_scope, seed=seed,
+                                   max_examples=num_examples):
+        if add(target.task, target.prompt_question, target.response, target.alpha):
+            kept[target.alpha][target.answers] += 1
+    accepts = sum(k[True] for k in kept.values())
+    counts = [(alpha, {"delta": round(1.0 - alpha, 6), "answers": k[True], "refusals": k[False],
+                       "balanced": balance_applies(records, alphas if balance_scope == POOLED else (alpha,), balance)})
+              for alpha, k in kept.items()]
     num_scenario = len(examples)
     if not examples:
         raise ValueError(f"agent {agent.name}: no SFT example fits max_len={max_len}")
@@ -149,7 +147,8 @@ def build_sft_data(
         add(record.task, record.prompt_question, record.correct_response, None)
     if dropped:
         logger.warning("%s: dropped %d SFT examples longer than %d tokens", agent.name, dropped, max_len)
-    return SFTData(tuple(examples), accepts / num_scenario, dropped, len(examples) - num_scenario, tuple(counts))
+    return SFTData(tuple(examples), accepts / num_scenario, dropped, len(examples) - num_scenario, tuple(counts),
+                   balance_scope)
 
 
 def sft_batch_fn(data: SFTData, *, batch_size: int, length_buckets: Sequence[int], pad_id: int, seed: int):

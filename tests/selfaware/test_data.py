@@ -179,6 +179,69 @@ def test_sft_targets_rejects_mixed_agents_duplicates_and_bad_args():
         D.sft_targets([_record(1, 0.5)], alpha=0.5, balance=1.5, seed=0)
 
 
+def _graded_records():
+    """p = 0, 0.3, 0.6, 0.9 (10 each): 10 / 20 / 30 answer labels at alpha = 0.2 / 0.5 / 0.8."""
+    return [_record(f"{p}-{i}", p) for p in (0.0, 0.3, 0.6, 0.9) for i in range(10)]
+
+
+def _shares(examples):
+    by_alpha = {}
+    for e in examples:
+        by_alpha.setdefault(e.alpha, Counter())[e.answers] += 1
+    return {a: (c[True], c[False]) for a, c in sorted(by_alpha.items())}
+
+
+def test_scenario_targets_pooled_balances_the_union_and_keeps_each_alphas_answer_rate():
+    examples = D.scenario_targets(_graded_records(), alphas=(0.2, 0.5, 0.8), balance=0.5, scope=D.POOLED, seed=0)
+    # 60 answer labels vs 60 refusal labels over the three scenarios: already 50/50, nothing cut.
+    assert _shares(examples) == {0.2: (10, 30), 0.5: (20, 20), 0.8: (30, 10)}
+    for e in examples:  # every target is its scenario's label: answer iff p >= 1 - alpha
+        assert e.answers == (e.p_correct >= 1 - e.alpha - 1e-9)
+        assert e.response == (f"answer {e.query_id}" if e.answers else REFUSAL)
+
+
+def test_scenario_targets_pooled_cuts_the_majority_over_all_scenarios():
+    records = _graded_records() + [_record(f"zero-{i}", 0.0) for i in range(40)]  # 60 answers : 180 refusals
+    examples = D.scenario_targets(records, alphas=(0.2, 0.5, 0.8), balance=0.5, scope=D.POOLED, seed=1)
+    shares = _shares(examples)
+    assert sum(a for a, _ in shares.values()) == sum(r for _, r in shares.values()) == 60
+    assert [a for a, _ in shares.values()] == [10, 20, 30]  # the minority class is kept whole
+    refusal_rates = [r / (a + r) for a, r in shares.values()]
+    assert refusal_rates[0] > refusal_rates[1] > refusal_rates[2]  # Cost First refuses least
+    capped = D.scenario_targets(records, alphas=(0.2, 0.5, 0.8), balance=0.5, scope=D.POOLED, seed=1,
+                                max_examples=30)
+    assert Counter(e.answers for e in capped) == Counter({True: 15, False: 15})
+
+
+def test_scenario_targets_per_alpha_balances_each_scenario():
+    examples = D.scenario_targets(_graded_records(), alphas=(0.2, 0.5, 0.8), balance=0.5, scope=D.PER_ALPHA,
+                                  seed=0)
+    assert _shares(examples) == {0.2: (10, 10), 0.5: (20, 20), 0.8: (10, 10)}
+    assert len(D.scenario_targets(_graded_records(), alphas=(0.2, 0.8), balance=0.5, scope=D.PER_ALPHA, seed=0,
+                                  max_examples=8)) == 8  # 4 per scenario
+
+
+def test_scenario_targets_one_class_everywhere_is_kept_unbalanced(caplog):
+    records = [_record(i, 0.0) for i in range(6)]
+    with caplog.at_level("WARNING"):
+        examples = D.scenario_targets(records, alphas=(0.2, 0.8), balance=0.5, scope=D.POOLED, seed=0)
+    assert _shares(examples) == {0.2: (0, 6), 0.8: (0, 6)}
+    assert "not balancing" in caplog.text and "agent0" in caplog.text
+    # per scenario: alpha=0.8 has both classes and is balanced, alpha=0.2 has refusals only
+    records = [_record(i, 0.5) for i in range(4)] + [_record(f"z{i}", 0.0) for i in range(6)]
+    examples = D.scenario_targets(records, alphas=(0.2, 0.8), balance=0.5, scope=D.PER_ALPHA, seed=0)
+    assert _shares(examples) == {0.2: (0, 10), 0.8: (4, 4)}
+    assert D.balance_applies(records, (0.8,), 0.5) and not D.balance_applies(records, (0.2,), 0.5)
+    assert not D.balance_applies(records, (0.8,), None) and not D.balance_applies(records, (0.8,), 1.0)
+
+
+def test_scenario_targets_rejects_unknown_scope_and_no_alphas():
+    with pytest.raises(ValueError, match="sft.balance_scope='global'"):
+        D.scenario_targets(_graded_records(), alphas=(0.5,), scope="global", seed=0)
+    with pytest.raises(ValueError, match="at least one scenario"):
+        D.scenario_targets(_graded_records(), alphas=(), seed=0)
+
+
 # ------------------------------------------------------------------ tokenization + buckets
 
 
