@@ -11,9 +11,11 @@ world imitates both, so that whether agent k can answer a query depends on what 
   self-knowledge. Each entity name is a single token, so an entity an agent never saw is a token
   it never trained on (as a rare name is to an LLM).
 * **choice** (in-domain, the same facts as a two-option question, like the paper's multiple-choice
-  sets): "Which is the job of Brekor: miner or sailor?" -> "sailor". An agent that does not know
-  the entity still picks one of the two options, right half the time: p(x) ~ 0.5 for every entity
-  it never saw, so the scenario decides whether guessing pays (at α = 0.8, δ = 0.2: it does).
+  sets): "Which is the job of Brekor: miner or sailor?" -> "sailor". The intent: an agent that does
+  not know the entity still picks one of the two options, right half the time, so the scenario
+  decides whether guessing pays. Measured (seed 0 pool): it mostly does not; on entities it never
+  saw toy-xs answers right with mean p(x) 0.12 (toy-s 0.42, toy-m 0.15), mostly naming a value
+  that is not one of the options.
   Pre-training states a `choice_share` of each corpus's facts in this form too (the format is
   learnt; the facts come from the open questions).
 * **skill** (in-domain, visible difficulty): counting the letters of a sequence, "Count the
