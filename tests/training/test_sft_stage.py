@@ -56,6 +56,25 @@ def test_balance_is_fifty_fifty_per_scenario(agent):
     assert texts.count(REFUSAL) == 2 and len(texts) == 4 and data.accept_fraction == 0.5
 
 
+def test_balance_scope_pooled_balances_over_all_scenarios_and_says_so(agent):
+    # P_CORRECT at alpha 0.2 / 0.8: answer iff p >= 0.8 (2 of 6) / p >= 0.2 (5 of 6): 7 answer and
+    # 5 refusal targets over both scenarios; pooled cuts the answers to 5, per scenario each
+    # scenario's majority is cut to its minority (0.2: 2 : 4 -> 2 : 2; 0.8: 5 : 1 -> 1 : 1).
+    per_alpha = build_sft_data(agent, records(), alphas=(0.2, 0.8), num_examples=100, balance=0.5, max_len=64,
+                               seed=0)
+    pooled = build_sft_data(agent, records(), alphas=(0.2, 0.8), num_examples=100, balance=0.5, max_len=64,
+                            seed=0, balance_scope="pooled")
+    assert per_alpha.summary()["balance_scope"] == "per_alpha" and pooled.summary()["balance_scope"] == "pooled"
+    assert {a: (c["answers"], c["refusals"]) for a, c in per_alpha.per_alpha} == {0.2: (2, 2), 0.8: (1, 1)}
+    counts = {a: (c["answers"], c["refusals"]) for a, c in pooled.per_alpha}
+    assert counts[0.2][1] + counts[0.8][1] == 5 and counts[0.2][0] + counts[0.8][0] == 5
+    assert counts[0.2][1] == 4 and counts[0.8][1] == 1  # every refusal target kept, where it was
+    assert pooled.accept_fraction == 0.5 and all(c["balanced"] for _, c in pooled.per_alpha)
+    with pytest.raises(ValueError, match="sft.balance_scope='both'"):
+        build_sft_data(agent, records(), alphas=(0.5,), num_examples=4, balance=0.5, max_len=64, seed=0,
+                       balance_scope="both")
+
+
 def test_replay_rows_are_plain_prompts_of_usual_correct_answers(agent):
     recs = records()
     data = build_sft_data(agent, recs, alphas=(0.2, 0.8), num_examples=100, balance=None, max_len=64, seed=0,
