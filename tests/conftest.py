@@ -1,4 +1,5 @@
-"""Session-wide fixtures: tiny Hugging Face checkpoints built offline, the shared data folder.
+"""Session-wide fixtures: tiny Hugging Face checkpoints built offline, the shared data folder, the
+scripted ladder and the toy and Qwen2.5-like pools, and the work started in the background.
 
 Eight host devices are requested before JAX starts so mesh tests run in the same session; tests
 that do not use a mesh see device 0 only.
@@ -14,6 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -139,8 +145,144 @@ def scripted_ladder(tmp_path_factory) -> list[Path]:
     return sa.build_ladder(tmp_path_factory.mktemp("scripted_ladder"))
 
 
+# ----------------------------------------------------------------------- work in the background
+# The longest set-ups of the session are child processes: pre-training the toy pools (the reduced
+# pool, then the mixed one from a copy of it) and the paper setup's train and evaluate commands.
+# Most tests keep about one of the two CPU cores busy, so when the session holds tests that need
+# them, these start at its first test, each in a thread that only waits on its child processes,
+# and their fixtures wait for them (`Background`, the `background` fixture). A child process has
+# this process's environment (its 8 host devices included) and runs what the fixture would run
+# itself; nothing of it runs in this process, so no test's compilation counters, random states or
+# monkeypatched functions see it.
+
+
+class Background:
+    """Named jobs, each a function run in a thread of its own (``start``), their results or
+    errors for ``wait``; the child processes they start go through ``run``, and ``stop`` (at the
+    end of the session) kills those still running."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self._done: dict[str, threading.Event] = {}
+        self._results: dict[str, object] = {}
+        self._errors: dict[str, BaseException] = {}
+        self._threads: list[threading.Thread] = []
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self, name: str, job) -> None:
+        """Runs ``job(self)`` in a thread; ``wait(name)`` gives what it returns."""
+        done = self._done[name] = threading.Event()
+
+        def target():
+            try:
+                self._results[name] = job(self)
+            except BaseException as err:  # noqa: BLE001 - raised again by `wait`, in the test that needs it
+                self._errors[name] = err
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"background-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def wait(self, name: str):
+        if name not in self._done:
+            raise RuntimeError(f"{name} was not started: a test asked for it outside its fixtures' closure")
+        self._done[name].wait()
+        if name in self._errors:
+            raise RuntimeError(f"background job {name} failed: {self._errors[name]}") from self._errors[name]
+        return self._results[name]
+
+    def run(self, args: list[str], stdout: Path, stderr: Path | None = None, **popen) -> int:
+        """``args`` in a child process of its own process group (so that ``stop`` also ends the
+        processes it spawns), output to files (``stderr`` None: into ``stdout``'s); its exit code."""
+        with open(stdout, "wb") as out, open(stderr or os.devnull, "wb") as err:
+            with self._lock:
+                if self._stopped:
+                    raise RuntimeError("the session ended first")
+                proc = subprocess.Popen(args, stdout=out, stderr=err if stderr else subprocess.STDOUT,
+                                        start_new_session=True, **popen)
+                self._procs.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for proc in self._procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for thread in self._threads:
+            thread.join(30)
+
+
+def _build_toy_pool(root: Path, log: Path, *args: str):
+    """A job: `python -m disrouter_jax.toy build --reduced` into ``root``, i.e. `build_pool` with
+    ``PoolConfig.reduced(...)`` and the arguments ``args`` spell; returns ``root``."""
+    # This checkout's package, whatever the environment's install points at.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+
+    def job(background: Background) -> Path:
+        code = background.run([sys.executable, "-m", "disrouter_jax.toy", "build", "--out", str(root), "--reduced",
+                               "--quiet", *args], log, cwd=PROJECT_ROOT, env=env)
+        if code != 0:
+            raise RuntimeError(f"the pool build exited {code}:\n{log.read_text(errors='replace')[-4000:]}")
+        return root
+
+    return job
+
+
+def start_toy_pools(background: Background, mixed: bool) -> None:
+    factory = background.tmp_path_factory
+    # Local iteration only: DISROUTER_TEST_POOL=DIR builds the reduced pool there once and reuses
+    # it in later sessions (same config fingerprint); CI leaves it unset and builds a fresh one.
+    reduced = Path(os.environ.get("DISROUTER_TEST_POOL") or factory.mktemp("toy_pool"))
+    logs = factory.mktemp("toy_pool_logs")
+    # The default workers: two agents at once, each in its own process.
+    background.start("reduced_pool", _build_toy_pool(reduced, logs / "reduced.log"))
+    if mixed:
+        root = factory.mktemp("toy_pool_mixed") / "pool"
+        build_mixed = _build_toy_pool(root, logs / "mixed.log", "--mixed", "--overwrite", "--workers", "1")
+
+        def job(background: Background) -> Path:
+            shutil.copytree(background.wait("reduced_pool"), root)  # its Qwen2 agents, reused as they are
+            return build_mixed(background)
+
+        background.start("mixed_pool", job)
+
+
+def start_paper_run(background: Background, request) -> None:
+    from tests import paper_setup
+
+    pool = request.getfixturevalue("qwen25_pool")
+    root = background.tmp_path_factory.mktemp("paper_setup")
+    background.start("paper_run", lambda b: paper_setup.run_commands(pool, root, b.run))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """`Background`, its jobs started at the session's first test for the fixtures that the
+    collected tests need: ``reduced_pool`` and ``mixed_pool`` (below), ``paper_run``
+    (tests/test_paper_setup.py, tests/paper_setup.py)."""
+    needed = {name for item in request.session.items for name in item.fixturenames}
+    jobs = Background(tmp_path_factory)
+    try:
+        if needed & {"reduced_pool", "mixed_pool"}:
+            start_toy_pools(jobs, mixed="mixed_pool" in needed)
+        if "paper_run" in needed and SHARED_DATA.is_dir():  # else the tests that need it skip
+            start_paper_run(jobs, request)
+        yield jobs
+    finally:
+        jobs.stop()
+
+
 @pytest.fixture(scope="session")
-def reduced_pool(tmp_path_factory):
+def reduced_pool(background):
     """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
 
     Treat it as read-only: tests that delete or rebuild parts copy it first. Built with the default
@@ -149,24 +291,21 @@ def reduced_pool(tmp_path_factory):
     """
     from disrouter_jax.toy.pool import PoolConfig, build_pool
 
-    # Local iteration only: DISROUTER_TEST_POOL=DIR builds the pool there once and reuses it in
-    # later sessions (same config fingerprint); CI leaves it unset and builds a fresh one.
-    root = os.environ.get("DISROUTER_TEST_POOL") or tmp_path_factory.mktemp("toy_pool")
-    return build_pool(root, PoolConfig.reduced(), progress=False)
+    # Built in the background (see `Background`): this only reads the complete pool back.
+    return build_pool(background.wait("reduced_pool"), PoolConfig.reduced(), progress=False)
 
 
 @pytest.fixture(scope="session")
-def mixed_pool(reduced_pool, tmp_path_factory):
+def mixed_pool(reduced_pool, background):
     """`Pool` of `PoolConfig.reduced(mixed=True)`: a copy of the reduced pool rebuilt as the mixed
     one, so only its Llama agent (toy-s) is pre-trained; the Qwen2 agents' fingerprints are the
     reduced pool's and they are reused as they are. Read-only, like `reduced_pool`."""
-    import shutil
-
     from disrouter_jax.toy.pool import PoolConfig, build_pool
 
-    root = tmp_path_factory.mktemp("toy_pool_mixed") / "pool"
-    shutil.copytree(reduced_pool.root, root)
-    return build_pool(root, PoolConfig.reduced(mixed=True), progress=False, overwrite=True, workers=1)
+    return build_pool(background.wait("mixed_pool"), PoolConfig.reduced(mixed=True), progress=False,
+                      overwrite=True, workers=1)
+
+
 @pytest.fixture(scope="session")
 def qwen25_pool(shared_data, tmp_path_factory) -> list[dict]:
     """Five tiny agents with Qwen2.5's tokenizer conventions (tests/qwen25_pool.py), as

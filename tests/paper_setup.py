@@ -9,9 +9,11 @@ and counts: rows, samples, steps, batch sizes, lengths. Nothing of the recipe it
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-from tests.conftest import load_config_module
+from tests.conftest import PROJECT_ROOT, load_config_module
 
 SAMPLE_SPLITS = {
     "data.train_splits": ("train", "validation", "test"),
@@ -50,3 +52,30 @@ def paper_config(config_file: str, values: dict):
     config = load_config_module(config_file).get_config()
     load_config_module("common.py").apply_overlay(config, values)
     return config
+
+
+COMMANDS = (("train", "configs/rl_alpha05.py"), ("evaluate", "configs/eval_cascade.py"))
+
+
+def run_commands(pool: list[dict], root: Path, run) -> tuple[Path, dict[str, tuple[int, str, str]]]:
+    """``python -m disrouter_jax.train`` then ``python -m disrouter_jax.evaluate`` on the paper
+    configs with `overrides`, as a user types them, into ``root / "work"``: the workdir and per
+    command its exit code, stdout and stderr (none after a failed one). ``run(args, stdout, stderr,
+    **popen) -> exit code`` starts each (the session's `Background.run`, tests/conftest.py).
+
+    Each command is its own process on one CPU device (a user's host; the session's eight
+    simulated devices are for the mesh tests); they share a persistent compilation cache, so the
+    evaluation reuses what training compiled."""
+    workdir = root / "work"
+    env = dict(os.environ, XLA_FLAGS="", HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    done = {}
+    for command, config_file in COMMANDS:
+        values = overrides(pool, "../shared/data", evaluation=command == "evaluate")
+        out, err = root / f"{command}.out", root / f"{command}.err"
+        code = run([sys.executable, "-m", f"disrouter_jax.{command}", f"--config={config_file}", f"--workdir={workdir}",
+                    *as_flags(values)], out, err, cwd=PROJECT_ROOT, env=env)
+        done[command] = (code, out.read_text(), err.read_text())
+        if code != 0:
+            break
+    return workdir, done

@@ -16,9 +16,6 @@ from which gold answers are that letter. That checks the plumbing, not any accur
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -33,8 +30,7 @@ from disrouter_jax.selfaware.data import read_labels_jsonl
 from disrouter_jax.tasks.prompts import REFUSAL
 from disrouter_jax.tasks.registry import IN_DOMAIN, OUT_OF_DOMAIN
 from disrouter_jax.training.checkpoint import TrainCheckpointer
-from tests.conftest import PROJECT_ROOT
-from tests.paper_setup import as_flags, overrides, paper_config
+from tests.paper_setup import COMMANDS, overrides, paper_config
 from tests.qwen25_pool import POOL, QWEN2_5_CHAT_TEMPLATE
 
 REPLIES = {name: reply for name, _, reply in POOL}
@@ -43,19 +39,15 @@ ALPHA = 0.5  # rl_alpha05: labelling, SFT and RL at one scenario
 
 
 @pytest.fixture(scope="module")
-def paper_run(qwen25_pool, shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper_setup")
-    workdir = root / "work"
-    env = dict(os.environ, XLA_FLAGS="", HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-    out = {}
-    for command, config_file in (("train", "configs/rl_alpha05.py"), ("evaluate", "configs/eval_cascade.py")):
-        values = overrides(qwen25_pool, "../shared/data", evaluation=command == "evaluate")
-        done = subprocess.run([sys.executable, "-m", f"disrouter_jax.{command}", f"--config={config_file}",
-                               f"--workdir={workdir}", *as_flags(values)],
-                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, f"{command} failed:\n{done.stderr[-6000:]}"
-        out[command] = done.stdout
+def paper_run(background, qwen25_pool, shared_data):
+    """The two commands, run from the session's start in the background (tests/conftest.py,
+    tests/paper_setup.py: run_commands), and the configs they ran, built in this process."""
+    workdir, done = background.wait("paper_run")
+    for command, _ in COMMANDS:
+        assert command in done, f"{command} did not run"
+        code, _, err = done[command]
+        assert code == 0, f"{command} failed:\n{err[-6000:]}"
+    out = {command: stdout for command, (_, stdout, _) in done.items()}
     train_config = paper_config("rl_alpha05.py", overrides(qwen25_pool, shared_data))
     eval_config = paper_config("eval_cascade.py", overrides(qwen25_pool, shared_data, evaluation=True))
     return workdir, out, train_config, eval_config
