@@ -27,12 +27,24 @@ QUERY_LEVELS = [(level, "42") for level in (0, 1, 2, 3, 0, 2, 1, 3)]
 
 
 @pytest.fixture(scope="module")
-def server(ladder_pool, tmp_path_factory, request):
+def started(ladder_pool, tmp_path_factory):
+    """Both servers of the module, started together (each start is mostly one core compiling its
+    batch buckets): the shared one, and the SIGTERM test's own whose every stage takes a second,
+    so that eight requests are surely in flight together before it is told to stop (the shared
+    one answers in ~0.15 s: on a loaded machine the eight never overlapped)."""
     config_path, _ = ladder_pool
-    proc = ServerProcess(config_path, tmp_path_factory.mktemp("served"), "--config.serve.stage_delay_s=0.05")
-    request.getfixturevalue("offline")  # while the server starts
-    yield proc.wait_ready()
-    proc.stop()
+    procs = {name: ServerProcess(config_path, tmp_path_factory.mktemp(f"served_{name}"),
+                                 f"--config.serve.stage_delay_s={delay}")
+             for name, delay in (("shared", 0.05), ("slow", 1.0))}
+    yield procs
+    for proc in procs.values():
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(started, request):
+    request.getfixturevalue("offline")  # while the servers start
+    return started["shared"].wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +204,10 @@ def test_a_client_that_leaves_frees_its_request(server, examples):
     assert httpx.get(f"{server.base_url}/health").json()["in_flight"] == 0
 
 
-@pytest.fixture
-def slow_server(ladder_pool, tmp_path_factory):
-    """A server of its own whose every stage takes a second, so that eight requests are surely in
-    flight together before it is told to stop (the shared one answers in ~0.15 s: on a loaded
-    machine the eight never overlapped)."""
-    config_path, _ = ladder_pool
-    proc = ServerProcess(config_path, tmp_path_factory.mktemp("served_slow"), "--config.serve.stage_delay_s=1.0")
-    yield proc.wait_ready()
-    proc.stop()
+@pytest.fixture(scope="module")
+def slow_server(started):
+    """The SIGTERM test's server (see `started`); that test stops it."""
+    return started["slow"].wait_ready()
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server, examples):
