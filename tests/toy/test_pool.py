@@ -321,7 +321,7 @@ def test_second_build_reuses_a_complete_pool(reduced_pool, count_pretraining):
 
 def test_partial_pool_rebuilds_only_the_missing_agent_identically(reduced_pool, tmp_path, count_pretraining):
     root = _copy_pool(reduced_pool, tmp_path)
-    victim = reduced_pool.agents[1]
+    victim = reduced_pool.agents[0]  # the smallest agent: the cheapest to pre-train again
     original_weights = (victim.path / "model.safetensors").read_bytes()
     original_record = json.loads((victim.path / AGENT_RECORD_FILE).read_text())
     shutil.rmtree(root / "agents" / victim.name)
