@@ -88,12 +88,17 @@ def wait_ready(base_url: str, timeout: float, process: subprocess.Popen | None =
 class ServerProcess:
     """``python -m disrouter_jax.serve`` on a free port of 127.0.0.1 (one host device, as served)."""
 
-    def __init__(self, config_path: Path, workdir: Path, *overrides: str):
+    def __init__(self, config_path: Path, workdir: Path, *overrides: str, compilation_cache: Path | None = None):
+        """``compilation_cache``: a persistent XLA compilation cache for the server's programs
+        (servers of one configuration share theirs: a later one loads what an earlier compiled)."""
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         env = dict(os.environ)
         env.pop("XLA_FLAGS", None)  # the test session's 8 fake devices are not the server's
         env["PYTHONPATH"] = str(PROJECT_ROOT)
+        if compilation_cache is not None:
+            env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
         self.log_path = Path(workdir) / f"server_{self.port}.log"
         Path(workdir).mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")

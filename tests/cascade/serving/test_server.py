@@ -27,24 +27,35 @@ QUERY_LEVELS = [(level, "42") for level in (0, 1, 2, 3, 0, 2, 1, 3)]
 
 
 @pytest.fixture(scope="module")
-def started(ladder_pool, tmp_path_factory):
-    """Both servers of the module, started together (each start is mostly one core compiling its
-    batch buckets): the shared one, and the SIGTERM test's own whose every stage takes a second,
-    so that eight requests are surely in flight together before it is told to stop (the shared
-    one answers in ~0.15 s: on a loaded machine the eight never overlapped)."""
+def servers(ladder_pool, tmp_path_factory, request):
+    """The module's two servers, over one persistent compilation cache: the shared one, then, once
+    it is up (its programs in the cache), the SIGTERM test's own, which loads them while the other
+    tests run. Every stage of that one takes a second, so that eight requests are surely in flight
+    together before it is told to stop (the shared one answers in ~0.15 s: on a loaded machine
+    the eight never overlapped)."""
     config_path, _ = ladder_pool
-    procs = {name: ServerProcess(config_path, tmp_path_factory.mktemp(f"served_{name}"),
-                                 f"--config.serve.stage_delay_s={delay}")
-             for name, delay in (("shared", 0.05), ("slow", 1.0))}
-    yield procs
-    for proc in procs.values():
-        proc.stop()
+    cache = tmp_path_factory.mktemp("served_xla_cache")
+    procs = {}
+
+    def start(name: str, stage_delay_s: float) -> ServerProcess:
+        procs[name] = ServerProcess(config_path, tmp_path_factory.mktemp(f"served_{name}"),
+                                    f"--config.serve.stage_delay_s={stage_delay_s}", compilation_cache=cache)
+        return procs[name]
+
+    try:
+        start("shared", 0.05)
+        request.getfixturevalue("offline")  # while the server starts
+        procs["shared"].wait_ready()
+        start("slow", 1.0)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
 
 
 @pytest.fixture(scope="module")
-def server(started, request):
-    request.getfixturevalue("offline")  # while the servers start
-    return started["shared"].wait_ready()
+def server(servers):
+    return servers["shared"]
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +216,9 @@ def test_a_client_that_leaves_frees_its_request(server, examples):
 
 
 @pytest.fixture(scope="module")
-def slow_server(started):
-    """The SIGTERM test's server (see `started`); that test stops it."""
-    return started["slow"].wait_ready()
+def slow_server(servers):
+    """The SIGTERM test's server (see `servers`); that test stops it."""
+    return servers["slow"].wait_ready()
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server, examples):
