@@ -5,16 +5,27 @@ Eight host devices are requested before JAX starts so mesh tests run in the same
 that do not use a mesh see device 0 only.
 """
 
+import json
 import os
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+# XLA:CPU's LLVM at O0 for this process and for the CLIs and servers it starts (`child_xla_flags`):
+# compiling is most of the suite's CPU time and O0 cuts it by about a third (tests/models/test_qwen2,
+# selfaware and training: 194 -> 134 CPU-seconds) for programs that run a little slower. The toy
+# pool builds keep the default level: they are thousands of training steps, which O0 makes twice
+# as costly (the reduced pool: 293 -> 551 CPU-seconds). Every comparison between processes is
+# between processes with the same flags; no test checks a rounding.
+TEST_OPT_FLAG = "--xla_backend_optimization_level=0"
+_SESSION_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _SESSION_FLAGS:
+    _SESSION_FLAGS = f"{_SESSION_FLAGS} {TEST_OPT_FLAG}".strip()
+if "xla_force_host_platform_device_count" not in _SESSION_FLAGS:
+    _SESSION_FLAGS = f"{_SESSION_FLAGS} --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = _SESSION_FLAGS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -31,6 +42,17 @@ runtime.keep_freed_memory()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def child_xla_flags(devices: int | None = None, *, optimized: bool = False) -> str:
+    """``XLA_FLAGS`` for a child process: this session's flags with ``devices`` host devices
+    (None: XLA's one) and, unless ``optimized``, the session's O0 (see `TEST_OPT_FLAG`)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", _SESSION_FLAGS)
+    if optimized:
+        flags = flags.replace(TEST_OPT_FLAG, "")
+    if devices is not None:
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}"
+    return " ".join(flags.split())
 
 # Named tiny shapes; tests ask for them by name so each checkpoint is built once per session.
 TINY_SHAPES = {
@@ -224,8 +246,10 @@ class Background:
 def _build_toy_pool(root: Path, log: Path, *args: str):
     """A job: `python -m disrouter_jax.toy build --reduced` into ``root``, i.e. `build_pool` with
     ``PoolConfig.reduced(...)`` and the arguments ``args`` spell; returns ``root``."""
-    # This checkout's package, whatever the environment's install points at.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+    # This checkout's package, whatever the environment's install points at; the default
+    # optimisation level (a pool build is mostly running its training steps: `TEST_OPT_FLAG`).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+               XLA_FLAGS=child_xla_flags(8, optimized=True))
 
     def job(background: Background) -> Path:
         code = background.run([sys.executable, "-m", "disrouter_jax.toy", "build", "--out", str(root), "--reduced",
@@ -237,7 +261,34 @@ def _build_toy_pool(root: Path, log: Path, *args: str):
     return job
 
 
-def start_toy_pools(background: Background, mixed: bool) -> None:
+def _partial_rebuild(root: Path, log: Path):
+    """A job: a copy of the reduced pool without its smallest agent (the cheapest to pre-train
+    again), completed by `python -m disrouter_jax.toy build` (one missing agent: pre-trained in
+    that process, where the session's pool pre-trained it in a worker process); returns ``root``,
+    the deleted agent's name, `load_pool`'s error on the incomplete pool, the other agents' file
+    mtimes before the build, and the build's log."""
+    build = _build_toy_pool(root, log)
+
+    def job(background: Background) -> tuple[Path, str, str, dict[str, int], str]:
+        shutil.copytree(background.wait("reduced_pool"), root)
+        victim = json.loads((root / "pool.json").read_text())["agents"][0]["name"]
+        shutil.rmtree(root / "agents" / victim)
+        from disrouter_jax.toy.pool import PoolError, load_pool
+
+        try:
+            load_pool(root)
+            missing = ""
+        except PoolError as err:
+            missing = str(err)
+        survivors = {str(p.relative_to(root)): p.stat().st_mtime_ns
+                     for p in sorted((root / "agents").rglob("*")) if p.is_file()}
+        build(background)
+        return root, victim, missing, survivors, log.read_text()
+
+    return job
+
+
+def start_toy_pools(background: Background, mixed: bool, partial: bool) -> None:
     factory = background.tmp_path_factory
     # Local iteration only: DISROUTER_TEST_POOL=DIR builds the reduced pool there once and reuses
     # it in later sessions (same config fingerprint); CI leaves it unset and builds a fresh one.
@@ -254,6 +305,9 @@ def start_toy_pools(background: Background, mixed: bool) -> None:
             return build_mixed(background)
 
         background.start("mixed_pool", job)
+    if partial:
+        background.start("partial_rebuild", _partial_rebuild(factory.mktemp("toy_pool_partial") / "pool",
+                                                             logs / "partial.log"))
 
 
 def start_paper_run(background: Background, request) -> None:
@@ -272,8 +326,8 @@ def background(request, tmp_path_factory):
     needed = {name for item in request.session.items for name in item.fixturenames}
     jobs = Background(tmp_path_factory)
     try:
-        if needed & {"reduced_pool", "mixed_pool"}:
-            start_toy_pools(jobs, mixed="mixed_pool" in needed)
+        if needed & {"reduced_pool", "mixed_pool", "partial_rebuild"}:
+            start_toy_pools(jobs, mixed="mixed_pool" in needed, partial="partial_rebuild" in needed)
         if "paper_run" in needed and SHARED_DATA.is_dir():  # else the tests that need it skip
             start_paper_run(jobs, request)
         yield jobs
@@ -286,13 +340,22 @@ def reduced_pool(background):
     """`Pool` of `PoolConfig.reduced()` built by `build_pool` into a session temp directory.
 
     Treat it as read-only: tests that delete or rebuild parts copy it first. Built with the default
-    workers (two agents at once, each in its own process), so the partial-rebuild test, which
-    rebuilds one agent in this process, also checks that both ways give the same bytes.
+    workers (two agents at once, each in its own process), so the partial rebuild (`partial_rebuild`),
+    which pre-trains one agent in the building process itself, also checks that both ways give the
+    same bytes.
     """
     from disrouter_jax.toy.pool import PoolConfig, build_pool
 
     # Built in the background (see `Background`): this only reads the complete pool back.
     return build_pool(background.wait("reduced_pool"), PoolConfig.reduced(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def partial_rebuild(reduced_pool, background) -> tuple[Path, str, str, dict[str, int], str]:
+    """A copy of the reduced pool whose smallest agent was deleted, then completed by the toy CLI
+    in the background (`_partial_rebuild`): (its root, the deleted agent's name, the error loading
+    it gave before the build, the other agents' file mtimes before the build, the build's log)."""
+    return background.wait("partial_rebuild")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT, load_config_module
+from tests.conftest import PROJECT_ROOT, child_xla_flags, load_config_module
 
 SAMPLE_SPLITS = {
     "data.train_splits": ("train", "validation", "test"),
@@ -67,7 +67,7 @@ def run_commands(pool: list[dict], root: Path, run) -> tuple[Path, dict[str, tup
     simulated devices are for the mesh tests); they share a persistent compilation cache, so the
     evaluation reuses what training compiled."""
     workdir = root / "work"
-    env = dict(os.environ, XLA_FLAGS="", HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+    env = dict(os.environ, XLA_FLAGS=child_xla_flags(), HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     done = {}
     for command, config_file in COMMANDS:

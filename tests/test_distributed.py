@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from disrouter_jax import distributed
 from disrouter_jax.sharding import MeshConfig, make_mesh
 
-from .conftest import build_hf_checkpoint
+from .conftest import build_hf_checkpoint, child_xla_flags
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "multiprocess_worker.py"
@@ -180,8 +180,8 @@ def free_port() -> int:
 
 def child_env(devices: int, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_ENV_PREFIXES)}
-    # O0 LLVM halves XLA:CPU compile time here; every run of a comparison uses the same flags.
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+    # The session's O0 LLVM (tests/conftest.py): every run of a comparison uses the same flags.
+    env.update(XLA_FLAGS=child_xla_flags(devices),
                JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", DISROUTER_HEARTBEAT_TIMEOUT_S="30",
                DISROUTER_INIT_TIMEOUT_S="60")
     env.update(extra or {})

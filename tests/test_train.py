@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from disrouter_jax.training.metrics import read_metrics
-from tests.conftest import load_config_module
+from tests.conftest import child_xla_flags, load_config_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ("toy-xs", "toy-s")  # the reduced pool's agents but the last, which always answers
@@ -60,13 +60,11 @@ RUN_TIMEOUT_S = 600
 
 def _env(cache_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # One CPU device, as a user's laptop run has (the test session's 8 simulated ones are not inherited).
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-    # O0 LLVM: compiling is two thirds of a first run's CPU time and O0 nearly halves it (the later
-    # runs load the programs from the cache and run ~10% slower); every run of the module has the
-    # same flags, and what is checked are equalities between them (as tests/test_distributed.py).
-    flags = f"{flags} --xla_backend_optimization_level=0".strip()
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(PROJECT_ROOT), PYTHONUNBUFFERED="1",
+    # One CPU device, as a user's laptop run has (the test session's 8 simulated ones are not
+    # inherited), and the session's O0 LLVM: compiling is two thirds of a first run's CPU time and
+    # O0 nearly halves it (the later runs load the programs from the cache and run ~10% slower);
+    # every run of the module has the same flags, and what is checked are equalities between them.
+    env.update(XLA_FLAGS=child_xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=str(PROJECT_ROOT), PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return env

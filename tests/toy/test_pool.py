@@ -6,6 +6,7 @@ delete or rebuild parts of it work on a copy.
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -319,25 +320,25 @@ def test_second_build_reuses_a_complete_pool(reduced_pool, count_pretraining):
     assert again == reduced_pool
 
 
-def test_partial_pool_rebuilds_only_the_missing_agent_identically(reduced_pool, tmp_path, count_pretraining):
-    root = _copy_pool(reduced_pool, tmp_path)
-    victim = reduced_pool.agents[0]  # the smallest agent: the cheapest to pre-train again
-    original_weights = (victim.path / "model.safetensors").read_bytes()
-    original_record = json.loads((victim.path / AGENT_RECORD_FILE).read_text())
-    shutil.rmtree(root / "agents" / victim.name)
-    with pytest.raises(PoolError, match=victim.name):
-        load_pool(root)
-    survivors = _agent_file_mtimes(root, exclude=[victim.name])
-
-    rebuilt = build_pool(root, PoolConfig.reduced(), progress=False)
-
-    assert count_pretraining == [victim.level]
-    assert _agent_file_mtimes(root, exclude=[victim.name]) == survivors
+def test_partial_pool_rebuilds_only_the_missing_agent_identically(reduced_pool, partial_rebuild):
+    """`python -m disrouter_jax.toy build` on a copy of the pool without its smallest agent (run
+    in the background: the `partial_rebuild` fixture)."""
+    root, victim_name, missing, survivors, log = partial_rebuild
+    victim = reduced_pool.agent(victim_name)
+    assert victim == reduced_pool.agents[0]
+    assert victim.name in missing  # the incomplete pool did not load
+    assert re.findall(r"agent (\S+): building", log) == [victim.name]
+    rebuilt = load_pool(root)
+    after = {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted((root / "agents").rglob("*"))
+             if p.is_file() and p.relative_to(root / "agents").parts[0] != victim.name}
+    assert after == survivors and survivors
     # Same seed, same bytes: the rebuilt agent is the agent that was deleted.
-    assert (rebuilt.agent(victim.name).path / "model.safetensors").read_bytes() == original_weights
+    assert (rebuilt.agent(victim.name).path / "model.safetensors").read_bytes() == \
+        (victim.path / "model.safetensors").read_bytes()
     record = json.loads((rebuilt.agent(victim.name).path / AGENT_RECORD_FILE).read_text())
-    assert record["heldout_correct_ids"] == original_record["heldout_correct_ids"]
+    assert record["heldout_correct_ids"] == json.loads((victim.path / AGENT_RECORD_FILE).read_text())["heldout_correct_ids"]
     assert not [p for p in (root / "agents").iterdir() if p.name.startswith(".tmp")]
+    assert [a.name for a in rebuilt.agents] == [a.name for a in reduced_pool.agents]
 
 
 def test_a_pool_without_manifest_is_completed_from_its_agents(reduced_pool, tmp_path, count_pretraining):
