@@ -47,6 +47,11 @@ def get_config(config_string=None):
     s.default_temperature = 0.0  # greedy, as the cascade is trained and evaluated
     s.default_alpha = 0.5  # model="disrouter" without "alpha"
     s.cost_mode = "final"
-    s.warmup = "all"  # compile every batch bucket before /health is ready; "smallest" or "none"
+    # Prompt-length buckets (longer prompts: multiples of the largest, compiled on first use):
+    # warm-up "all" compiles every batch bucket x prompt bucket of every agent, greedy, before
+    # /health is ready ("smallest" or "none": less). The toy questions fit in 128 tokens.
+    s.prompt_buckets = (128,) if toy else (512, 2048)
+    s.warmup = "all"
     s.stage_delay_s = 0.0  # drills only: a pause before each stage
+    s.stream_step_delay_s = 0.0  # drills only: a pause after each decode step of a streamed call
     return config

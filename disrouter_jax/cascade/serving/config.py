@@ -26,9 +26,13 @@ class ServeConfig:
     ``max_new_tokens``: the default and the largest ``max_tokens`` of a request, at every stage.
     ``default_temperature``: when a request gives none (0: greedy, as the cascade was evaluated).
     ``default_alpha``: the scenario of ``model="disrouter"`` without ``alpha``.
-    ``warmup``: which batch buckets to compile before /health turns ready ("all", "smallest": 1
-    row only, "none"). ``stage_delay_s``: a pause before every stage, for drills (it holds
-    requests in flight so that deadlines and drains can be exercised); 0 in service.
+    ``prompt_buckets``: the prompt-length buckets a stage pads to (ascending; a longer prompt rounds
+    up to a multiple of the largest and compiles on first use): few buckets, few programs.
+    ``warmup``: what to compile before /health turns ready ("all": every batch bucket x prompt
+    bucket of every stage, greedy; "smallest": 1 row, the warm-up prompt's bucket; "none").
+    ``stage_delay_s``: a pause before every stage, for drills (it holds requests in flight so that
+    deadlines and drains can be exercised); ``stream_step_delay_s``: a pause after every decode
+    step of a call that streams, for drills (tokens then visibly arrive one by one); 0 in service.
     """
 
     host: str = "127.0.0.1"
@@ -42,8 +46,10 @@ class ServeConfig:
     default_temperature: float = 0.0
     default_alpha: float = 0.5
     cost_mode: str = COST_FINAL
+    prompt_buckets: tuple[int, ...] = (128, 512, 2048)
     warmup: str = "all"
     stage_delay_s: float = 0.0
+    stream_step_delay_s: float = 0.0
 
     def __post_init__(self):
         def fail(name, why):
@@ -56,7 +62,13 @@ class ServeConfig:
                 fail(name, f"must be an int >= {low}")
         if self.port > 65535:
             fail("port", "must be <= 65535")
-        for name in ("batch_window_ms", "stage_delay_s", "default_temperature"):
+        buckets = self.prompt_buckets
+        if (not isinstance(buckets, (tuple, list)) or not buckets
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)
+                or list(buckets) != sorted(set(buckets))):
+            fail("prompt_buckets", "must be a non-empty, strictly increasing sequence of positive ints")
+        object.__setattr__(self, "prompt_buckets", tuple(buckets))
+        for name in ("batch_window_ms", "stage_delay_s", "stream_step_delay_s", "default_temperature"):
             if not float(getattr(self, name)) >= 0.0:
                 fail(name, "must be >= 0")
         if not float(self.request_timeout_s) > 0.0:

@@ -16,6 +16,7 @@ from disrouter_jax.cascade.serving.batcher import Batcher, Job
 from disrouter_jax.cascade.serving.config import ServeConfig
 from disrouter_jax.cascade.serving.metrics import ServerMetrics
 from disrouter_jax.cascade.serving.protocol import FINISH_REASONS, ChatRequest, RequestError
+from disrouter_jax.cascade.serving.streaming import TextStream
 from disrouter_jax.tasks.prompts import SCENARIOS
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ class CascadeService:
         started = time.perf_counter()
         try:
             if self.config.warmup != "none":
-                sizes = self.config.batch_buckets() if self.config.warmup == "all" else (1,)
+                every = self.config.warmup == "all"
+                sizes = self.config.batch_buckets() if every else (1,)
                 for stage in self.stages:
-                    for alpha in (0.5,) if stage.last else tuple(SCENARIOS):
-                        stage.warm(sizes, stage.prompt_ids(WARMUP_MESSAGES, alpha), self.config.max_new_tokens)
+                    ids = stage.prompt_ids(WARMUP_MESSAGES, self.config.default_alpha)
+                    lengths = stage.warm_lengths(len(ids)) if every else [len(ids)]
+                    stage.warm(sizes, ids, self.config.max_new_tokens, lengths)
         except Exception as err:  # serve anyway: programs compile on first use
             logger.exception("warm-up failed")
             self.warmup_error = f"{type(err).__name__}: {err}"
@@ -134,3 +137,7 @@ class CascadeService:
 
     def text_deltas(self, answer: Answer) -> list[str]:
         return self.stages[answer.stage].text_deltas(answer.tokens, answer.content)
+
+    def text_stream(self, stage: int, request: ChatRequest) -> TextStream:
+        """The incremental text of agent ``stage``'s tokens as they come, for streaming."""
+        return TextStream(self.stages[stage].decode, request.stop)
