@@ -3,8 +3,10 @@
 Starts ``python -m disrouter_jax.serve`` twice on the toy pool of ``--workdir`` (trained there
 first if absent, as ``evaluate`` does), on 127.0.0.1:
 
-- ``batched``: the server as configured (``serve.max_batch_size`` rows, ``batch_window_ms``);
-- ``one_at_a_time``: ``max_batch_size=1``, no window — every request runs the cascade alone.
+- ``batched``: the server as configured (``serve.max_batch_size`` rows, ``batch_window_ms`` /
+  ``max_batch_wait_ms``, one worker per agent);
+- ``one_at_a_time``: ``max_batch_size=1``, no window, one worker — every request runs the
+  cascade alone.
 
 Each client sends the toy evaluation questions (plain prompts, as a client would; α cycling over
 0.2 / 0.5 / 0.8, greedy) one after the other; a first pass at every client count compiles the
@@ -35,7 +37,8 @@ import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {0.2: "disrouter-performance-first", 0.5: "disrouter-balance", 0.8: "disrouter-cost-first"}
-MODES = {"batched": (), "one_at_a_time": ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0")}
+MODES = {"batched": (), "one_at_a_time": ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0",
+                                          "--config.serve.pipeline=False")}
 
 
 def toy_questions(workdir: Path, config_arg: str) -> list[list[dict]]:

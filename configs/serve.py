@@ -36,10 +36,13 @@ def get_config(config_string=None):
     # Listening: loopback by default; put a reverse proxy in front for anything else.
     s.host = "127.0.0.1"
     s.port = 8000
-    # Dynamic batching: a batch closes batch_window_ms after its first request or at
-    # max_batch_size rows; each stage runs the rows refused by the stage before as one batch.
+    # Dynamic batching: a batch closes when no request came for batch_window_ms, at most
+    # max_batch_wait_ms after its first, or at max_batch_size rows; each next stage runs the rows
+    # refused by the stage before as one batch (a pipeline: one worker per agent).
     s.max_batch_size = 64
     s.batch_window_ms = 2.0
+    s.max_batch_wait_ms = 20.0
+    s.pipeline = True
     s.max_queue = 1024  # admitted, unfinished requests; beyond: 429 with Retry-After
     s.retry_after_s = 1
     s.request_timeout_s = 60.0  # per-request deadline: 504 after it

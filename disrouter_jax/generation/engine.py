@@ -350,6 +350,7 @@ def generate(
     key_ids: Sequence[int] | None = None,
     on_tokens: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     stream: bool | None = None,
+    split: tuple | None = None,
 ) -> list[list[Generation]]:
     """Continues every prompt ``num_samples`` times; returns ``[prompt][sample] -> Generation``.
 
@@ -391,6 +392,9 @@ def generate(
     that hook (default: when ``on_tokens`` is given); a caller that streams only some calls passes
     ``stream=True`` to every call so that they all share one program (without a listener the hook
     is skipped on the device). Either way the tokens are the same as without it.
+
+    ``split``: ``nnx.split(model)``, made once by a caller that generates many times with weights
+    that do not change (a server): splitting is most of a small call's host time.
     """
     if not isinstance(model, nnx.Module) or not hasattr(model, "extend"):
         raise TypeError(
@@ -412,7 +416,7 @@ def generate(
         buckets=buckets,
         batch_multiple=placement.batch_shards,
     )
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model) if split is None else split
     state = placement.state(state)
     cache_dtype = jnp.dtype(model.dtype if cache_dtype is None else cache_dtype)
     scalars = dict(

@@ -1,13 +1,15 @@
 """Dynamic batching of requests through the cascade: one worker thread per agent, a pipeline.
 
-The first agent's worker takes the queued requests — after the first one arrives it waits up to
-``batch_window_ms`` for more, and takes at most ``max_batch_size`` — and runs them as one batch;
+The first agent's worker takes the queued requests — after the first one arrives it waits for
+more while they keep coming (until none arrived for ``batch_window_ms``, at most
+``max_batch_wait_ms`` in all), and takes at most ``max_batch_size`` — and runs them as one batch;
 the rows it refused go to the next agent's inbox as a whole, and so on, as the offline engine
 runs a cascade (agent 1 on the whole batch, every next agent on the rows the one before refused).
 Each later agent's worker takes what its inbox holds (at most ``max_batch_size`` rows) as soon as
 it is free, so agent 2 runs batch ``i``'s refusals while agent 1 runs batch ``i + 1`` (their
 programs release the GIL: on several cores they run at once), and refusals of several batches
 can share one batch there. A row's reply does not depend on its batch, so this changes no answer.
+With ``pipeline=False`` one worker runs each batch through every agent before it takes the next.
 
 Stage boundaries are where a request can leave early: one whose client went away or whose
 deadline passed is dropped there (its row is not run again). An exception in a stage fails the
@@ -107,10 +109,15 @@ class Batcher:
     (``stage.AgentStage``); ``observer``: metric hooks (``metrics.ServerMetrics`` or None)."""
 
     def __init__(self, stages: Sequence, *, max_batch_size: int, batch_window_ms: float, max_queue: int,
-                 stage_delay_s: float = 0.0, observer=None):
+                 max_batch_wait_ms: float | None = None, pipeline: bool = True, stage_delay_s: float = 0.0,
+                 observer=None):
+        """``max_batch_wait_ms``: default ``batch_window_ms`` (a fixed window after the first)."""
         self.stages = list(stages)
+        self.pipeline = pipeline
         self.max_batch_size = max_batch_size
         self.window_s = batch_window_ms / 1000.0
+        self.max_wait_s = max(self.window_s, (batch_window_ms if max_batch_wait_ms is None else max_batch_wait_ms) / 1000.0)
+        self._arrivals = 0
         self.max_queue = max_queue
         self.stage_delay_s = stage_delay_s
         self.observer = observer
@@ -133,6 +140,7 @@ class Batcher:
             if self._admitted >= self.max_queue:
                 raise QueueFull(f"{self._admitted} requests in flight (max_queue={self.max_queue})")
             self._admitted += 1
+            self._arrivals += 1
             self._queue.append(job)
             self._cond.notify_all()
         job.add_done_callback(self._release)
@@ -157,8 +165,9 @@ class Batcher:
         return self._admitted
 
     def start(self) -> None:
+        workers = len(self.stages) if self.pipeline else 1
         self._threads = [threading.Thread(target=self._work, args=(k,), name=f"cascade-stage{k}", daemon=True)
-                         for k in range(len(self.stages))]
+                         for k in range(workers)]
         for thread in self._threads:
             thread.start()
 
@@ -198,9 +207,16 @@ class Batcher:
                     return None
                 self._cond.wait(0.5)
             if k == 0 and self.window_s > 0:
-                until = time.monotonic() + self.window_s
+                # Closed-loop clients send their next request when the last reply arrives: under
+                # load requests come in bursts, and a batch that waits for the burst to end runs
+                # one large batch instead of many small ones (a call's cost is mostly fixed).
+                first = last = time.monotonic()
+                arrivals = self._arrivals
                 while len(inbox) < self.max_batch_size and not self._stop:
-                    left = until - time.monotonic()
+                    now = time.monotonic()
+                    if self._arrivals != arrivals:
+                        arrivals, last = self._arrivals, now
+                    left = min(last + self.window_s, first + self.max_wait_s) - now
                     if left <= 0:
                         break
                     self._cond.wait(left)
@@ -216,6 +232,11 @@ class Batcher:
                 return
             try:
                 refused = self.run_stage(k, batch)
+                if not self.pipeline:
+                    for later in range(k + 1, len(self.stages)):
+                        if not refused:
+                            break
+                        refused = self.run_stage(later, refused)
             except Exception:  # a bug of the batcher itself: fail the batch, keep serving
                 logger.exception("batch failed")
                 for job in batch:

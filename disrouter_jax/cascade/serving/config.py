@@ -19,8 +19,11 @@ class ServeConfig:
 
     ``max_batch_size``: rows one stage runs together (the largest batch bucket; smaller batches
     round up to powers of two, so at most ``log2(max_batch_size) + 1`` batch shapes compile).
-    ``batch_window_ms``: how long the batcher waits for more requests after the first one of a
-    batch arrives (0: take what is queued). ``max_queue``: admitted requests not yet finished;
+    ``batch_window_ms``: how long the batcher waits for one more request after the last one of a
+    batch arrived (0: take what is queued), ``max_batch_wait_ms``: at most this long in all after
+    the first (while requests keep coming, a batch grows). ``pipeline``: one worker per agent, so
+    agent 2 runs one batch's refusals while agent 1 runs the next batch (False: one worker takes
+    each batch through every agent before the next). ``max_queue``: admitted requests not yet finished;
     beyond it a request gets 429 with ``Retry-After: retry_after_s``. ``request_timeout_s``: the
     per-request deadline (504 after it; the request is dropped at its next stage boundary).
     ``max_new_tokens``: the default and the largest ``max_tokens`` of a request, at every stage.
@@ -39,6 +42,8 @@ class ServeConfig:
     port: int = 8000
     max_batch_size: int = 64
     batch_window_ms: float = 2.0
+    max_batch_wait_ms: float = 20.0
+    pipeline: bool = True
     max_queue: int = 1024
     retry_after_s: int = 1
     request_timeout_s: float = 60.0
@@ -68,11 +73,13 @@ class ServeConfig:
                 or list(buckets) != sorted(set(buckets))):
             fail("prompt_buckets", "must be a non-empty, strictly increasing sequence of positive ints")
         object.__setattr__(self, "prompt_buckets", tuple(buckets))
-        for name in ("batch_window_ms", "stage_delay_s", "stream_step_delay_s", "default_temperature"):
+        for name in ("batch_window_ms", "max_batch_wait_ms", "stage_delay_s", "stream_step_delay_s", "default_temperature"):
             if not float(getattr(self, name)) >= 0.0:
                 fail(name, "must be >= 0")
         if not float(self.request_timeout_s) > 0.0:
             fail("request_timeout_s", "must be > 0")
+        if not isinstance(self.pipeline, bool):
+            fail("pipeline", "must be a bool")
         if self.warmup not in WARMUP_MODES:
             fail("warmup", f"must be one of {WARMUP_MODES}")
         if self.cost_mode not in COST_MODES:

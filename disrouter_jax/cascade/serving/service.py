@@ -53,6 +53,7 @@ class CascadeService:
         self.costs = {s.name: float(s.cost) for s in self.stages}
         self.batcher = Batcher(self.stages, max_batch_size=config.max_batch_size,
                                batch_window_ms=config.batch_window_ms, max_queue=config.max_queue,
+                               max_batch_wait_ms=config.max_batch_wait_ms, pipeline=config.pipeline,
                                stage_delay_s=config.stage_delay_s, observer=self.metrics)
         self.ready = threading.Event()
         self.warmup_error = ""

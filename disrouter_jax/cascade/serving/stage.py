@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from flax import nnx
 
 from disrouter_jax.agents import Agent
 from disrouter_jax.cascade.engine import refusal_early_stop, refusal_token_ids
@@ -139,6 +140,8 @@ class AgentStage:
         self.max_batch_size = max_batch_size
         self.buckets = buckets
         self.stream_step_delay_s = stream_step_delay_s
+        # Served weights never change: split once (per call it is most of a small batch's host time).
+        self.split = nnx.split(agent.model)
         ids = refusal_token_ids(agent)
         self.early_stop = refusal_early_stop(ids) if early_refusal and ids else None
         tokenizer = agent.tokenizer
@@ -189,7 +192,7 @@ class AgentStage:
                 key_ids=[rows[i].key_id for i in indices],
                 # Always the streaming program (one compilation per shape); the host hears only
                 # calls with a listener.
-                stream=True, on_tokens=self._on_tokens(streams) if streams else None,
+                stream=True, on_tokens=self._on_tokens(streams) if streams else None, split=self.split,
             )
             for i, (generation,) in zip(indices, generations):
                 replies[i] = self._reply(generation.tokens, generation.finish_reason, rows[i].max_new_tokens)
