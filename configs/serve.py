@@ -55,6 +55,7 @@ def get_config(config_string=None):
     # /health is ready ("smallest" or "none": less). The toy questions fit in 128 tokens.
     s.prompt_buckets = (128,) if toy else (512, 2048)
     s.warmup = "all"
+    s.warmup_streaming = True  # the streaming variants too (stream=true requests)
     s.stage_delay_s = 0.0  # drills only: a pause before each stage
     s.stream_step_delay_s = 0.0  # drills only: a pause after each decode step of a streamed call
     return config

@@ -33,6 +33,9 @@ class ServeConfig:
     up to a multiple of the largest and compiles on first use): few buckets, few programs.
     ``warmup``: what to compile before /health turns ready ("all": every batch bucket x prompt
     bucket of every stage, greedy; "smallest": 1 row, the warm-up prompt's bucket; "none").
+    ``warmup_streaming``: also compile the streaming variant of those programs (a call with a
+    ``stream=true`` row; it cannot come from the persistent compilation cache); off, a streamed
+    request compiles its shape on first use.
     ``stage_delay_s``: a pause before every stage, for drills (it holds requests in flight so that
     deadlines and drains can be exercised); ``stream_step_delay_s``: a pause after every decode
     step of a call that streams, for drills (tokens then visibly arrive one by one); 0 in service.
@@ -53,6 +56,7 @@ class ServeConfig:
     cost_mode: str = COST_FINAL
     prompt_buckets: tuple[int, ...] = (128, 512, 2048)
     warmup: str = "all"
+    warmup_streaming: bool = True
     stage_delay_s: float = 0.0
     stream_step_delay_s: float = 0.0
 
@@ -78,8 +82,9 @@ class ServeConfig:
                 fail(name, "must be >= 0")
         if not float(self.request_timeout_s) > 0.0:
             fail("request_timeout_s", "must be > 0")
-        if not isinstance(self.pipeline, bool):
-            fail("pipeline", "must be a bool")
+        for name in ("pipeline", "warmup_streaming"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be a bool")
         if self.warmup not in WARMUP_MODES:
             fail("warmup", f"must be one of {WARMUP_MODES}")
         if self.cost_mode not in COST_MODES:

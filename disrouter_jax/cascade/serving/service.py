@@ -81,7 +81,7 @@ class CascadeService:
                 for stage in self.stages:
                     ids = stage.prompt_ids(WARMUP_MESSAGES, self.config.default_alpha)
                     lengths = stage.warm_lengths(len(ids)) if every else [len(ids)]
-                    stage.warm(sizes, ids, self.config.max_new_tokens, lengths)
+                    stage.warm(sizes, ids, self.config.max_new_tokens, lengths, streaming=self.config.warmup_streaming)
         except Exception as err:  # serve anyway: programs compile on first use
             logger.exception("warm-up failed")
             self.warmup_error = f"{type(err).__name__}: {err}"

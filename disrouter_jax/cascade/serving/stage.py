@@ -190,9 +190,9 @@ class AgentStage:
                 stop_token_ids=self.agent.stop_token_ids, mesh=self.agent.mesh, max_batch_size=self.max_batch_size,
                 buckets=self.buckets, early_stop=self.early_stop, progress=False,
                 key_ids=[rows[i].key_id for i in indices],
-                # Always the streaming program (one compilation per shape); the host hears only
-                # calls with a listener.
-                stream=True, on_tokens=self._on_tokens(streams) if streams else None, split=self.split,
+                # A call with a listened row runs the streaming program (never in the persistent
+                # compilation cache: XLA cannot store host callbacks), the others the plain one.
+                on_tokens=self._on_tokens(streams) if streams else None, split=self.split,
             )
             for i, (generation,) in zip(indices, generations):
                 replies[i] = self._reply(generation.tokens, generation.finish_reason, rows[i].max_new_tokens)
@@ -248,11 +248,14 @@ class AgentStage:
         return lengths
 
     def warm(self, batch_sizes: Sequence[int], prompt_ids: Sequence[int], max_new_tokens: int,
-             lengths: Sequence[int] | None = None) -> None:
+             lengths: Sequence[int] | None = None, streaming: bool = False) -> None:
         """Compiles the greedy prefill and decode programs of every batch size x prompt length
         (default: :meth:`warm_lengths`, one per prompt bucket): ``prompt_ids`` repeated to each
-        length (only the shapes matter). Sampled requests compile their own on first use."""
+        length (only the shapes matter); ``streaming``: the streaming decode programs too.
+        Sampled requests compile their own on first use."""
         for length in self.warm_lengths(len(prompt_ids)) if lengths is None else lengths:
             ids = tuple((list(prompt_ids) * (length // len(prompt_ids) + 1))[:length])
             for size in batch_sizes:
                 self.run([StageRow(ids, max_new_tokens)] * size)
+                if streaming:
+                    self.run([StageRow(ids, max_new_tokens)] * size, [lambda tokens: None] * size)

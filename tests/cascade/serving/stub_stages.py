@@ -60,7 +60,7 @@ class StubStage:
     def warm_lengths(self, prompt_length: int) -> list[int]:
         return [prompt_length]
 
-    def warm(self, batch_sizes, prompt_ids, max_new_tokens, lengths=None) -> None:
+    def warm(self, batch_sizes, prompt_ids, max_new_tokens, lengths=None, streaming=False) -> None:
         pass
 
     @property

@@ -98,7 +98,7 @@ def test_a_failing_agent_fails_its_requests_with_500_and_the_server_keeps_servin
 def test_health_and_requests_wait_for_warm_up():
     gate = threading.Event()
     server, stages, service = serve(ServeConfig(), wait_health=False)
-    stages[0].warm = lambda *args: gate.wait(10)
+    stages[0].warm = lambda *args, **kwargs: gate.wait(10)
     with server:
         assert httpx.get(f"{server.base_url}/health").status_code == 503
         early = ask(server.base_url, "too early")
