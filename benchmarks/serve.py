@@ -41,8 +41,10 @@ import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {0.2: "disrouter-performance-first", 0.5: "disrouter-balance", 0.8: "disrouter-cost-first"}
-MODES = {"batched": (), "one_at_a_time": ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0",
-                                          "--config.serve.pipeline=False")}
+# Nothing here streams: neither server compiles the streaming programs (a shorter start-up).
+COMMON = ("--config.serve.warmup_streaming=False",)
+MODES = {"batched": COMMON, "one_at_a_time": COMMON + ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0",
+                                                       "--config.serve.pipeline=False")}
 
 
 def toy_questions(workdir: Path, config_arg: str, overrides: dict) -> list[list[dict]]:

@@ -52,8 +52,9 @@ def get_config(config_string=None):
     s.cost_mode = "final"
     # Prompt-length buckets (longer prompts: multiples of the largest, compiled on first use):
     # warm-up "all" compiles every batch bucket x prompt bucket of every agent, greedy, before
-    # /health is ready ("smallest" or "none": less). The toy questions fit in 128 tokens.
-    s.prompt_buckets = (128,) if toy else (512, 2048)
+    # /health is ready ("smallest" or "none": less), each agent from its shortest prompt up. The
+    # toy questions: 16-31 tokens plain (the last agent), 128-144 with a scenario instruction.
+    s.prompt_buckets = (32, 160) if toy else (512, 2048)
     s.warmup = "all"
     s.warmup_streaming = True  # the streaming variants too (stream=true requests)
     s.stage_delay_s = 0.0  # drills only: a pause before each stage

@@ -80,7 +80,9 @@ class CascadeService:
                 sizes = self.config.batch_buckets() if every else (1,)
                 for stage in self.stages:
                     ids = stage.prompt_ids(WARMUP_MESSAGES, self.config.default_alpha)
-                    lengths = stage.warm_lengths(len(ids)) if every else [len(ids)]
+                    # The buckets below a stage's shortest prompt are never reached by it.
+                    shortest = min(len(stage.prompt_ids(WARMUP_MESSAGES, alpha)) for alpha in SCENARIOS)
+                    lengths = stage.warm_lengths(shortest) if every else [len(ids)]
                     stage.warm(sizes, ids, self.config.max_new_tokens, lengths, streaming=self.config.warmup_streaming)
         except Exception as err:  # serve anyway: programs compile on first use
             logger.exception("warm-up failed")

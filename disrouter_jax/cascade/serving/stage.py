@@ -234,16 +234,17 @@ class AgentStage:
             pieces.append(content[sent:])
         return pieces
 
-    def warm_lengths(self, prompt_length: int) -> list[int]:
-        """A prompt length in each prompt bucket a request can reach (prompt + 1 token <= context);
-        without explicit buckets (powers of two), ``prompt_length`` only."""
+    def warm_lengths(self, shortest: int) -> list[int]:
+        """A prompt length in each prompt bucket a request can reach: from ``shortest`` (the
+        stage's prompt for the shortest message: a scenario prompt holds the whole instruction)
+        up to the context (prompt + 1 token); without explicit buckets, ``shortest`` only."""
         if self.buckets.prompt_lengths is None:
-            return [prompt_length]
+            return [shortest]
         lengths, below = [], 0
         for bucket in self.buckets.prompt_lengths:
             length = min(bucket, self.context_length - 1)
-            if length > below:
-                lengths.append(length)
+            if length > below and bucket >= shortest:
+                lengths.append(max(length, shortest))
             below = bucket
         return lengths
 
