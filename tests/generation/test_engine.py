@@ -360,4 +360,4 @@ def test_on_tokens_hears_each_running_row_every_step_and_changes_no_token(gqa2):
     assert streamed == plain
     assert [[heard[p][s] for s in sorted(heard[p])] for p in range(len(PROMPTS))] == plain
     with pytest.raises(ValueError, match="on_tokens needs stream=True"):
-        generate(model, PROMPTS[:1], on_tokens=on_tokens, stream=False, **kw)
+        generate(model, PROMPTS, on_tokens=on_tokens, stream=False, **kw)
