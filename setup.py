@@ -31,6 +31,7 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "openai", "httpx", "aiohttp"],  # aiohttp: benchmarks/serve.py's load generator
+        # aiohttp: benchmarks/serve.py's load generator
+        "test": ["pytest", "torch==2.13.0", "openai", "httpx", "aiohttp"],
     },
 )

@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {0.2: "disrouter-performance-first", 0.5: "disrouter-balance", 0.8: "disrouter-cost-first"}
 # Nothing here streams: neither server compiles the streaming programs (a shorter start-up).
 COMMON = ("--config.serve.warmup_streaming=False",)
-MODES = {"batched": COMMON, "one_at_a_time": COMMON + ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0",
-                                                       "--config.serve.pipeline=False")}
+MODES = {"batched": COMMON,
+         "one_at_a_time": COMMON + ("--config.serve.max_batch_size=1", "--config.serve.batch_window_ms=0",
+                                    "--config.serve.pipeline=False")}
 
 
 def toy_questions(workdir: Path, config_arg: str, overrides: dict) -> list[list[dict]]:
@@ -144,7 +145,8 @@ def main() -> None:
     results, replies_by_mode, started_s = [], {}, {}
     for mode, extra in MODES.items():
         begun = time.perf_counter()
-        proc, url = start_server(args.config, args.workdir, pool_flags + extra, args.workdir / f"bench_serve_{mode}.log")
+        log = args.workdir / f"bench_serve_{mode}.log"
+        proc, url = start_server(args.config, args.workdir, pool_flags + extra, log)
         started_s[mode] = time.perf_counter() - begun
         try:
             replies_by_mode[mode] = {}

@@ -116,7 +116,8 @@ class Batcher:
         self.pipeline = pipeline
         self.max_batch_size = max_batch_size
         self.window_s = batch_window_ms / 1000.0
-        self.max_wait_s = max(self.window_s, (batch_window_ms if max_batch_wait_ms is None else max_batch_wait_ms) / 1000.0)
+        longest_ms = batch_window_ms if max_batch_wait_ms is None else max_batch_wait_ms
+        self.max_wait_s = max(self.window_s, longest_ms / 1000.0)
         self._arrivals = 0
         self.max_queue = max_queue
         self.stage_delay_s = stage_delay_s

@@ -77,7 +77,8 @@ class ServeConfig:
                 or list(buckets) != sorted(set(buckets))):
             fail("prompt_buckets", "must be a non-empty, strictly increasing sequence of positive ints")
         object.__setattr__(self, "prompt_buckets", tuple(buckets))
-        for name in ("batch_window_ms", "max_batch_wait_ms", "stage_delay_s", "stream_step_delay_s", "default_temperature"):
+        for name in ("batch_window_ms", "max_batch_wait_ms", "stage_delay_s", "stream_step_delay_s",
+                     "default_temperature"):
             if not float(getattr(self, name)) >= 0.0:
                 fail(name, "must be >= 0")
         if not float(self.request_timeout_s) > 0.0:

@@ -40,7 +40,8 @@ def servers(ladder_pool, tmp_path_factory, request):
 
     def start(name: str, stage_delay_s: float, *overrides: str) -> ServerProcess:
         procs[name] = ServerProcess(config_path, tmp_path_factory.mktemp(f"served_{name}"),
-                                    f"--config.serve.stage_delay_s={stage_delay_s}", *overrides, compilation_cache=cache)
+                                    f"--config.serve.stage_delay_s={stage_delay_s}", *overrides,
+                                    compilation_cache=cache)
         return procs[name]
 
     try:
