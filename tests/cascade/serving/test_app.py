@@ -124,18 +124,26 @@ def test_http_errors_are_openai_shaped():
 
 
 def test_an_agent_failing_after_streaming_began_ends_the_stream_with_an_error_event():
+    received = threading.Event()  # the client has the first tokens: the agent breaks only then
+
     class SpeaksThenFails(StubStage):
         def run(self, rows, listeners=None):
             for listener in listeners or ():
                 if listener is not None:
                     listener(list(b"par"))  # what a generating agent streams before it breaks
+                    received.wait(10)
             raise RuntimeError("broken mid-reply")
 
     service = CascadeService([SpeaksThenFails("a", last=True)], ServeConfig(batch_window_ms=0.0))
     with InProcessServer(create_app(service)) as server:
+        events = []
         with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=30, json={
                 "model": "disrouter", "stream": True, "messages": [{"role": "user", "content": "q"}]}) as reply:
-            events = [json.loads(line[len("data: "):]) for line in reply.iter_lines() if line.startswith("data: {")]
+            for line in reply.iter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[len("data: "):]))
+                    if events[-1].get("choices") and events[-1]["choices"][0]["delta"].get("content"):
+                        received.set()
         assert reply.status_code == 200  # sent with the first tokens
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "par"
         assert events[-1]["error"]["code"] == "agent_failed" and "broken mid-reply" in events[-1]["error"]["message"]
