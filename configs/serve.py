@@ -36,10 +36,13 @@ def get_config(config_string=None):
     # Listening: loopback by default; put a reverse proxy in front for anything else.
     s.host = "127.0.0.1"
     s.port = 8000
-    # Dynamic batching: a batch closes batch_window_ms after its first request or at
-    # max_batch_size rows; each stage runs the rows refused by the stage before as one batch.
+    # Dynamic batching: a batch closes when no request came for batch_window_ms, at most
+    # max_batch_wait_ms after its first, or at max_batch_size rows; each next stage runs the rows
+    # refused by the stage before as one batch (a pipeline: one worker per agent).
     s.max_batch_size = 64
     s.batch_window_ms = 2.0
+    s.max_batch_wait_ms = 20.0
+    s.pipeline = True
     s.max_queue = 1024  # admitted, unfinished requests; beyond: 429 with Retry-After
     s.retry_after_s = 1
     s.request_timeout_s = 60.0  # per-request deadline: 504 after it
@@ -47,6 +50,13 @@ def get_config(config_string=None):
     s.default_temperature = 0.0  # greedy, as the cascade is trained and evaluated
     s.default_alpha = 0.5  # model="disrouter" without "alpha"
     s.cost_mode = "final"
-    s.warmup = "all"  # compile every batch bucket before /health is ready; "smallest" or "none"
+    # Prompt-length buckets (longer prompts: multiples of the largest, compiled on first use):
+    # warm-up "all" compiles every batch bucket x prompt bucket of every agent, greedy, before
+    # /health is ready ("smallest" or "none": less), each agent from its shortest prompt up. The
+    # toy questions: 16-31 tokens plain (the last agent), 128-144 with a scenario instruction.
+    s.prompt_buckets = (32, 160) if toy else (512, 2048)
+    s.warmup = "all"
+    s.warmup_streaming = True  # the streaming variants too (stream=true requests)
     s.stage_delay_s = 0.0  # drills only: a pause before each stage
+    s.stream_step_delay_s = 0.0  # drills only: a pause after each decode step of a streamed call
     return config

@@ -50,7 +50,7 @@ def load_stages(config, workdir: Path, serve_cfg):
 
     from disrouter_jax import evaluate, pipeline
     from disrouter_jax.agents import load_agent
-    from disrouter_jax.cascade.serving.stage import AgentStage
+    from disrouter_jax.cascade.serving.stage import AgentStage, stage_buckets
 
     mesh = pipeline.make_mesh_from_config(config)
     if config.serve.train_agents:
@@ -61,7 +61,9 @@ def load_stages(config, workdir: Path, serve_cfg):
     agents = [load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in specs]
     last = len(agents) - 1
     return [AgentStage(agent, last=k == last, max_batch_size=serve_cfg.max_batch_size,
-                       early_refusal=config.serve.early_refusal) for k, agent in enumerate(agents)]
+                       buckets=stage_buckets(serve_cfg.prompt_buckets, serve_cfg.max_new_tokens),
+                       early_refusal=config.serve.early_refusal, stream_step_delay_s=serve_cfg.stream_step_delay_s)
+            for k, agent in enumerate(agents)]
 
 
 def run_cli(flag_values: flags.FlagValues) -> None:

@@ -20,6 +20,7 @@ i.e. compilations, per program kind.
 from __future__ import annotations
 
 import collections
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 
@@ -114,8 +115,8 @@ def decode_head(model):
 
 def _decode(
     graphdef, state, cache, logits_bv, next_position_b, active_b, key_index_b, sample_index_b,
-    seed, temperature, top_p, stop_ids_s, max_new_tokens,
-    *, buffer_length, mode, early_stop,
+    seed, temperature, top_p, stop_ids_s, max_new_tokens, stream_id,
+    *, buffer_length, mode, early_stop, stream,
 ):
     TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
@@ -174,6 +175,12 @@ def _decode(
         # iteration's model step is wasted (one step per batch), but the sampler is compiled
         # once instead of twice (peeling the first token doubles its compile time).
         tokens_b, logprobs_b, sample_logprobs_b = choose(carry["logits_bv"], carry["step"])
+        if stream:
+            # Only a call with a listener pays the host round trip (stream_id -1: nobody listens),
+            # so one program serves both; the callback reads the tokens, it changes nothing.
+            emitted_b = jnp.where(carry["finish_b"] == _RUNNING, tokens_b, _PAD_ID)
+            jax.lax.cond(stream_id >= 0, lambda: jax.debug.callback(_emit_tokens, stream_id, carry["step"], emitted_b),
+                         lambda: None)
         carry = record(carry, tokens_b, logprobs_b, sample_logprobs_b)
         logits_b1v, cache = model.extend(
             tokens_b[:, None],
@@ -199,8 +206,18 @@ def _decode(
 
 
 _decode_jit = runtime.jit(
-    _decode, static_argnames=("graphdef", "buffer_length", "mode", "early_stop"), donate_argnames=("cache",)
+    _decode, static_argnames=("graphdef", "buffer_length", "mode", "early_stop", "stream"), donate_argnames=("cache",)
 )
+
+# Listeners of the decode loops now running with ``on_tokens`` (``generate``), by stream id.
+_STREAMS: dict[int, Callable[[int, np.ndarray], None]] = {}
+_STREAM_IDS = itertools.count()
+
+
+def _emit_tokens(stream_id, step, tokens_b) -> None:
+    listener = _STREAMS.get(int(stream_id))
+    if listener is not None:
+        listener(int(step), np.asarray(tokens_b))
 
 
 # On CPU the faster dot backend depends on the CPU and, for a decode loop, on its number of rows
@@ -331,6 +348,9 @@ def generate(
     cache_dtype=None,
     progress: bool | None = None,
     key_ids: Sequence[int] | None = None,
+    on_tokens: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    stream: bool | None = None,
+    split: tuple | None = None,
 ) -> list[list[Generation]]:
     """Continues every prompt ``num_samples`` times; returns ``[prompt][sample] -> Generation``.
 
@@ -365,6 +385,16 @@ def generate(
     data axes (default: the mesh the model was loaded on; an unsharded model is replicated onto
     the given mesh). ``cache_dtype`` defaults to the model's compute dtype. ``progress``: tqdm bar
     over batches (default: only when stderr is a terminal).
+
+    ``on_tokens(step, prompt_index_r, token_r)``: called from inside the decode loop after every
+    step (a server streams with it), for the rows still running at that step: their prompts'
+    indices and the token each emitted (a stop token included). ``stream``: compile the loop with
+    that hook (default: when ``on_tokens`` is given); a caller that streams only some calls passes
+    ``stream=True`` to every call so that they all share one program (without a listener the hook
+    is skipped on the device). Either way the tokens are the same as without it.
+
+    ``split``: ``nnx.split(model)``, made once by a caller that generates many times with weights
+    that do not change (a server): splitting is most of a small call's host time.
     """
     if not isinstance(model, nnx.Module) or not hasattr(model, "extend"):
         raise TypeError(
@@ -386,7 +416,7 @@ def generate(
         buckets=buckets,
         batch_multiple=placement.batch_shards,
     )
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model) if split is None else split
     state = placement.state(state)
     cache_dtype = jnp.dtype(model.dtype if cache_dtype is None else cache_dtype)
     scalars = dict(
@@ -396,11 +426,15 @@ def generate(
         stop_ids_s=placement.replicated(stop_ids),
         max_new_tokens=placement.replicated(np.int32(max_new_tokens)),
     )
+    stream = on_tokens is not None if stream is None else bool(stream)
+    if on_tokens is not None and not stream:
+        raise ValueError("generate: on_tokens needs stream=True (or stream left to its default)")
     results: list[list[Generation | None]] = [[None] * num_samples for _ in prompt_ids]
     with _progress_bar(len(plan.batches), progress) as bar:
         for batch in plan.batches:
             outputs = _run_batch(graphdef, state, batch, plan, prompt_ids, key_ids, placement, scalars,
-                                 cache_dtype=cache_dtype, mode=mode, early_stop=early_stop)
+                                 cache_dtype=cache_dtype, mode=mode, early_stop=early_stop, stream=stream,
+                                 on_tokens=on_tokens)
             _collect(outputs, num_samples, include_stop, results)
             bar.update(1)
     return results  # type: ignore[return-value]
@@ -418,7 +452,7 @@ def _validate_key_ids(key_ids, num_prompts: int) -> np.ndarray:
 
 
 def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, placement, scalars, *,
-               cache_dtype, mode, early_stop) -> dict[str, np.ndarray]:
+               cache_dtype, mode, early_stop, stream=False, on_tokens=None) -> dict[str, np.ndarray]:
     rows, length, per_row = batch.batch_size, batch.prompt_length, plan.samples_per_row
     prompt_bt = np.zeros((rows, length), np.int32)
     mask_bt = np.zeros((rows, length), np.bool_)
@@ -440,13 +474,28 @@ def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, p
     active_b = (prompt_index_b >= 0) & (sample_index_b < plan.num_samples)
     # The sampling keys read the key id where the row has a prompt (padding rows keep -1).
     key_index_b = np.where(prompt_index_b >= 0, key_ids[np.maximum(prompt_index_b, 0)], -1).astype(np.int32)
-    outputs, _ = _decode_program(decode_rows)(
-        graphdef, state, cache, logits_bv, next_position_b,
-        placement.batch(active_b), placement.batch(key_index_b),
-        placement.batch(sample_index_b), **scalars,
-        buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop,
-    )
-    outputs = _to_host(outputs)
+    stream_id = -1
+    if on_tokens is not None:
+        stream_id = next(_STREAM_IDS) % 2**31
+
+        def listener(step, tokens_b):
+            running_b = (tokens_b != _PAD_ID) & active_b
+            if running_b.any():
+                on_tokens(step, prompt_index_b[running_b], tokens_b[running_b])
+
+        _STREAMS[stream_id] = listener
+    try:
+        outputs, _ = _decode_program(decode_rows)(
+            graphdef, state, cache, logits_bv, next_position_b,
+            placement.batch(active_b), placement.batch(key_index_b),
+            placement.batch(sample_index_b), **scalars, stream_id=placement.replicated(np.int32(stream_id)),
+            buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop, stream=stream,
+        )
+        outputs = _to_host(outputs)
+        if on_tokens is not None:
+            jax.effects_barrier()  # every step's callback has run before the listener goes
+    finally:
+        _STREAMS.pop(stream_id, None)
     outputs["prompt_index_b"] = prompt_index_b
     outputs["sample_index_b"] = sample_index_b
     return outputs

@@ -342,3 +342,22 @@ def test_bfloat16_sampling_of_many_rows_runs_on_one_cpu_device(gqa2):
     out = generate(model, PROMPTS, max_new_tokens=4, temperature=1.0, num_samples=4, stop_token_ids=())
     assert [len(samples) for samples in out] == [4] * len(PROMPTS)
     assert all(len(g.tokens) == 4 for samples in out for g in samples)
+
+
+def test_on_tokens_hears_each_running_row_every_step_and_changes_no_token(gqa2):
+    _, model = gqa2
+    kw = dict(max_new_tokens=NEW, temperature=1.0, stop_token_ids=(), key_ids=[1, 2, 3, 4], max_batch_size=2)
+    tokens = lambda out: [s[0].token_list for s in out]  # noqa: E731
+    plain = tokens(generate(model, PROMPTS, **kw))
+    heard = {}
+
+    def on_tokens(step, prompt_r, token_r):
+        for prompt, token in zip(prompt_r.tolist(), token_r.tolist()):
+            heard.setdefault(prompt, {})[step] = token
+
+    # Two batches (max_batch_size=2): the prompt indices are the call's, not the batch's.
+    streamed = tokens(generate(model, PROMPTS, on_tokens=on_tokens, split=nnx.split(model), **kw))
+    assert streamed == plain
+    assert [[heard[p][s] for s in sorted(heard[p])] for p in range(len(PROMPTS))] == plain
+    with pytest.raises(ValueError, match="on_tokens needs stream=True"):
+        generate(model, PROMPTS, on_tokens=on_tokens, stream=False, **kw)

@@ -7,8 +7,11 @@ then runs the shutdown).
 
 A request waits for its job with the deadline's time left while watching for the client going
 away; either way the job is cancelled (dropped at its next stage boundary, or from the queue at
-once). ``stream=true`` replies once the answering agent is known (the refusals before it are
-never streamed), one server-sent event per token of its reply.
+once). ``stream=true`` replies as soon as the answering agent is known — its first tokens that
+can no longer be a refusal (the refusals before it are never streamed) — and sends one
+server-sent event per token as the agent generates it; an error after that (a failing agent,
+the deadline) ends the stream with an OpenAI-style ``error`` event, and a client that leaves
+mid-stream has its request cancelled.
 """
 
 from __future__ import annotations
@@ -97,6 +100,17 @@ def create_app(service: CascadeService, *, warm_in_background: bool = True) -> F
         finished = loop.create_future()
         job.add_done_callback(lambda j: loop.call_soon_threadsafe(
             lambda: finished.done() or finished.set_result(j)))
+        tokens_q: asyncio.Queue | None = None
+        streaming = None
+        if chat.stream:
+            tokens_q, streaming = asyncio.Queue(), loop.create_future()
+
+            def put(stage, tokens):  # on the loop, in the order the worker sent them (before its finish)
+                tokens_q.put_nowait((stage, tokens))
+                if not streaming.done():
+                    streaming.set_result(stage)
+
+            job.on_tokens = lambda stage, tokens: loop.call_soon_threadsafe(put, stage, list(tokens))
         try:
             service.batcher.submit(job)
         except QueueFull as err:
@@ -108,24 +122,23 @@ def create_app(service: CascadeService, *, warm_in_background: bool = True) -> F
         watcher = asyncio.ensure_future(_disconnected(request))
         try:
             left = max(0.0, job.deadline - time.monotonic())
-            await asyncio.wait({finished, watcher}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({finished, watcher} | ({streaming} if streaming else set()), timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
+        if streaming is not None and streaming.done() and not finished.done():
+            # The answering agent is generating: 200 now, the rest (errors too) in the stream.
+            return 200, StreamingResponse(_live_events(protocol.completion_id(), chat, job, finished, tokens_q,
+                                                       streaming.result()),
+                                          media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         if not finished.done():
             if watcher.done() and not watcher.cancelled():
                 service.batcher.cancel(job, "disconnect")
                 logger.info("client went away; request cancelled")
                 return CLIENT_CLOSED, Response(status_code=CLIENT_CLOSED)
             service.batcher.cancel(job, "deadline")
-            raise RequestError(504, f"no answer within the deadline of {service.config.request_timeout_s} s; "
-                               "the request was cancelled", None, "timeout", "timeout_error")
-        if job.status == CANCELLED:  # the worker saw the deadline first
-            raise RequestError(504, f"no answer within the deadline of {service.config.request_timeout_s} s "
-                               f"({job.error}); the request was cancelled", None, "timeout", "timeout_error")
-        if job.status != DONE:
-            logger.error("request failed: %s", job.error)
-            raise RequestError(500, f"the cascade failed on this request: {job.error}", None, "agent_failed",
-                               "server_error")
+            raise _deadline_error()
+        _check_done(job)
         answer = service.answer(chat, job)
         cid = protocol.completion_id()
         if not chat.stream:
@@ -134,15 +147,71 @@ def create_app(service: CascadeService, *, warm_in_background: bool = True) -> F
         return 200, StreamingResponse(_events(cid, chat, answer), media_type="text/event-stream",
                                       headers={"Cache-Control": "no-cache"})
 
-    async def _events(cid, chat, answer):
-        yield protocol.sse(protocol.chunk_body(cid, chat.model, {"role": "assistant", "content": ""}))
-        for piece in service.text_deltas(answer):
-            yield protocol.sse(protocol.chunk_body(cid, chat.model, {"content": piece}))
+    def _deadline_error(why: str = "") -> RequestError:
+        return RequestError(504, f"no answer within the deadline of {service.config.request_timeout_s} s"
+                            f"{f' ({why})' if why else ''}; the request was cancelled", None, "timeout",
+                            "timeout_error")
+
+    def _check_done(job) -> None:
+        if job.status == CANCELLED:  # the worker saw the deadline first
+            raise _deadline_error(job.error)
+        if job.status != DONE:
+            logger.error("request failed: %s", job.error)
+            raise RequestError(500, f"the cascade failed on this request: {job.error}", None, "agent_failed",
+                               "server_error")
+
+    def _closing_events(cid, chat, answer):
         yield protocol.sse(protocol.chunk_body(cid, chat.model, {}, answer.finish_reason, disrouter=answer.routing))
         if chat.include_usage:
             yield protocol.sse({"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                                 "model": chat.model, "choices": [], "usage": answer.usage})
         yield protocol.sse("[DONE]")
+
+    async def _events(cid, chat, answer):
+        yield protocol.sse(protocol.chunk_body(cid, chat.model, {"role": "assistant", "content": ""}))
+        for piece in service.text_deltas(answer):
+            yield protocol.sse(protocol.chunk_body(cid, chat.model, {"content": piece}))
+        for event in _closing_events(cid, chat, answer):
+            yield event
+
+    async def _live_events(cid, chat, job, finished, tokens_q, stage):
+        """Agent ``stage``'s tokens as they come, then the closing events (or an error)."""
+        text = service.text_stream(stage, chat)
+        try:
+            yield protocol.sse(protocol.chunk_body(cid, chat.model, {"role": "assistant", "content": ""}))
+            while True:
+                # Checked before draining: the worker queues its tokens before it finishes, so
+                # once finished, what the queue holds is all that is left.
+                last = finished.done()
+                while not tokens_q.empty():
+                    for piece in text.feed(tokens_q.get_nowait()[1]):
+                        yield protocol.sse(protocol.chunk_body(cid, chat.model, {"content": piece}))
+                if last:
+                    break
+                getter = asyncio.ensure_future(tokens_q.get())
+                left = max(0.0, job.deadline - time.monotonic())
+                done, _ = await asyncio.wait({getter, finished}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    for piece in text.feed(getter.result()[1]):
+                        yield protocol.sse(protocol.chunk_body(cid, chat.model, {"content": piece}))
+                    continue
+                getter.cancel()
+                if not done:
+                    service.batcher.cancel(job, "deadline")
+                    raise _deadline_error()
+            _check_done(job)
+            answer = service.answer(chat, job)
+            for piece in text.finish(answer.content):
+                yield protocol.sse(protocol.chunk_body(cid, chat.model, {"content": piece}))
+            for event in _closing_events(cid, chat, answer):
+                yield event
+        except RequestError as err:  # the status line is sent: the error ends the stream
+            logger.error("stream ended by an error (%d): %s", err.status, err.message)
+            yield protocol.sse(err.body())
+        finally:
+            if not job.done:  # the client left mid-stream (the response task was cancelled)
+                service.batcher.cancel(job, "disconnect")
+                logger.info("client went away mid-stream; request cancelled")
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc):

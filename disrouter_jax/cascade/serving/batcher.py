@@ -1,9 +1,15 @@
-"""Dynamic batching of requests through the cascade, in one worker thread.
+"""Dynamic batching of requests through the cascade: one worker thread per agent, a pipeline.
 
-The worker takes the queued requests — after the first one arrives it waits up to
-``batch_window_ms`` for more, and takes at most ``max_batch_size`` — and runs them through the
-cascade as the offline engine does: agent 1 on the whole batch, then every next agent on the
-rows the one before refused, as one batch. Meanwhile new requests queue for the next batch.
+The first agent's worker takes the queued requests — after the first one arrives it waits for
+more while they keep coming (until none arrived for ``batch_window_ms``, at most
+``max_batch_wait_ms`` in all), and takes at most ``max_batch_size`` — and runs them as one batch;
+the rows it refused go to the next agent's inbox as a whole, and so on, as the offline engine
+runs a cascade (agent 1 on the whole batch, every next agent on the rows the one before refused).
+Each later agent's worker takes what its inbox holds (at most ``max_batch_size`` rows) as soon as
+it is free, so agent 2 runs batch ``i``'s refusals while agent 1 runs batch ``i + 1`` (their
+programs release the GIL: on several cores they run at once), and refusals of several batches
+can share one batch there. A row's reply does not depend on its batch, so this changes no answer.
+With ``pipeline=False`` one worker runs each batch through every agent before it takes the next.
 
 Stage boundaries are where a request can leave early: one whose client went away or whose
 deadline passed is dropped there (its row is not run again). An exception in a stage fails the
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -52,6 +59,9 @@ class Job:
     key_id: int = 0
     deadline: float = float("inf")  # time.monotonic()
     visits: list[tuple[int, StageReply]] = dataclasses.field(default_factory=list)
+    # Streaming: ``on_tokens(agent index, tokens)``, from a worker thread, with the answering
+    # agent's tokens as it generates them (``stage.AgentStage.run``'s listeners).
+    on_tokens: Callable[[int, Sequence[int]], None] | None = None
     status: str = QUEUED
     error: str = ""
     _callbacks: list[Callable[["Job"], None]] = dataclasses.field(default_factory=list)
@@ -99,19 +109,28 @@ class Batcher:
     (``stage.AgentStage``); ``observer``: metric hooks (``metrics.ServerMetrics`` or None)."""
 
     def __init__(self, stages: Sequence, *, max_batch_size: int, batch_window_ms: float, max_queue: int,
-                 stage_delay_s: float = 0.0, observer=None):
+                 max_batch_wait_ms: float | None = None, pipeline: bool = True, stage_delay_s: float = 0.0,
+                 observer=None):
+        """``max_batch_wait_ms``: default ``batch_window_ms`` (a fixed window after the first)."""
         self.stages = list(stages)
+        self.pipeline = pipeline
         self.max_batch_size = max_batch_size
         self.window_s = batch_window_ms / 1000.0
+        longest_ms = batch_window_ms if max_batch_wait_ms is None else max_batch_wait_ms
+        self.max_wait_s = max(self.window_s, longest_ms / 1000.0)
+        self._arrivals = 0
         self.max_queue = max_queue
         self.stage_delay_s = stage_delay_s
         self.observer = observer
-        self._queue: collections.deque[Job] = collections.deque()
+        # _inboxes[0] is the request queue; _inboxes[k] holds the rows agent k-1 refused.
+        self._inboxes: list[collections.deque[Job]] = [collections.deque() for _ in self.stages]
+        self._queue = self._inboxes[0]
         self._admitted = 0  # admitted and unfinished
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
-        self._thread: threading.Thread | None = None
+        self._exited = [False] * len(self.stages)
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ client side
 
@@ -122,6 +141,7 @@ class Batcher:
             if self._admitted >= self.max_queue:
                 raise QueueFull(f"{self._admitted} requests in flight (max_queue={self.max_queue})")
             self._admitted += 1
+            self._arrivals += 1
             self._queue.append(job)
             self._cond.notify_all()
         job.add_done_callback(self._release)
@@ -146,8 +166,11 @@ class Batcher:
         return self._admitted
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="cascade-batcher", daemon=True)
-        self._thread.start()
+        workers = len(self.stages) if self.pipeline else 1
+        self._threads = [threading.Thread(target=self._work, args=(k,), name=f"cascade-stage{k}", daemon=True)
+                         for k in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuses new requests, finishes the admitted ones, then ends the worker."""
@@ -155,8 +178,9 @@ class Batcher:
             self._accepting = False
             self._stop = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ worker side
 
@@ -172,67 +196,93 @@ class Batcher:
         if job.finish(CANCELLED, reason):
             self._observe("cancelled", reason)
 
-    def _gather(self) -> list[Job] | None:
-        """The next batch; None once stopped with nothing left."""
+    def _gather(self, k: int) -> list[Job] | None:
+        """Agent ``k``'s next batch; None once stopped with nothing left for it (its inbox empty
+        and every agent before it gone)."""
+        inbox = self._inboxes[k]
         with self._cond:
-            while not self._queue:
-                if self._stop:
+            while not inbox:
+                if self._stop and all(self._exited[:k]):
+                    self._exited[k] = True
+                    self._cond.notify_all()
                     return None
                 self._cond.wait(0.5)
-            if self.window_s > 0:
-                until = time.monotonic() + self.window_s
-                while len(self._queue) < self.max_batch_size and not self._stop:
-                    left = until - time.monotonic()
+            if k == 0 and self.window_s > 0:
+                # Closed-loop clients send their next request when the last reply arrives: under
+                # load requests come in bursts, and a batch that waits for the burst to end runs
+                # one large batch instead of many small ones (a call's cost is mostly fixed).
+                first = last = time.monotonic()
+                arrivals = self._arrivals
+                while len(inbox) < self.max_batch_size and not self._stop:
+                    now = time.monotonic()
+                    if self._arrivals != arrivals:
+                        arrivals, last = self._arrivals, now
+                    left = min(last + self.window_s, first + self.max_wait_s) - now
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
-        self._observe("queue_depth", len(self._queue))
+            batch = [inbox.popleft() for _ in range(min(self.max_batch_size, len(inbox)))]
+        if k == 0:
+            self._observe("queue_depth", len(inbox))
         return batch
 
-    def _work(self) -> None:
+    def _work(self, k: int) -> None:
         while True:
-            batch = self._gather()
+            batch = self._gather(k)
             if batch is None:
                 return
             try:
-                self.run_batch(batch)
+                refused = self.run_stage(k, batch)
+                if not self.pipeline:
+                    for later in range(k + 1, len(self.stages)):
+                        if not refused:
+                            break
+                        refused = self.run_stage(later, refused)
             except Exception:  # a bug of the batcher itself: fail the batch, keep serving
                 logger.exception("batch failed")
                 for job in batch:
                     job.finish(FAILED, "internal error")
+                continue
+            if refused:
+                with self._cond:
+                    self._inboxes[k + 1].extend(refused)
+                    self._cond.notify_all()
 
-    def run_batch(self, pending: list[Job]) -> None:
-        last = len(self.stages) - 1
-        for k, stage in enumerate(self.stages):
-            now = time.monotonic()
-            alive = []
-            for job in pending:
-                reason = job.should_stop(now)
-                if reason:
-                    self._finish_cancelled(job, reason)
-                else:
-                    alive.append(job)
-            if not alive:
-                return
-            if self.stage_delay_s:
-                time.sleep(self.stage_delay_s)
-            started = time.perf_counter()
-            try:
+    def run_stage(self, k: int, pending: list[Job]) -> list[Job]:
+        """Agent ``k`` on ``pending``; the jobs it refused (for agent ``k + 1``)."""
+        stage, last = self.stages[k], len(self.stages) - 1
+        now = time.monotonic()
+        alive = []
+        for job in pending:
+            reason = job.should_stop(now)
+            if reason:
+                self._finish_cancelled(job, reason)
+            else:
+                alive.append(job)
+        if not alive:
+            return []
+        if self.stage_delay_s:
+            time.sleep(self.stage_delay_s)
+        started = time.perf_counter()
+        listeners = [None if job.on_tokens is None else functools.partial(job.on_tokens, k) for job in alive]
+        try:
+            if any(listeners):
+                replies = stage.run([job.row(k) for job in alive], listeners)
+            else:
                 replies = stage.run([job.row(k) for job in alive])
-            except Exception as err:
-                logger.exception("agent %s failed on a batch of %d requests", stage.name, len(alive))
-                self._observe("stage_failed", stage.name)
-                for job in alive:
-                    job.finish(FAILED, f"agent {stage.name!r} failed: {type(err).__name__}: {err}")
-                return
-            self._observe("stage_batch", stage.name, len(alive), time.perf_counter() - started)
-            pending = []
-            for job, reply in zip(alive, replies):
-                job.visits.append((k, reply))
-                refused = reply.refused and k < last
-                self._observe("decision", stage.name, reply.refused)
-                if refused:
-                    pending.append(job)
-                else:
-                    job.finish(DONE)
+        except Exception as err:
+            logger.exception("agent %s failed on a batch of %d requests", stage.name, len(alive))
+            self._observe("stage_failed", stage.name)
+            for job in alive:
+                job.finish(FAILED, f"agent {stage.name!r} failed: {type(err).__name__}: {err}")
+            return []
+        self._observe("stage_batch", stage.name, len(alive), time.perf_counter() - started)
+        refused_jobs = []
+        for job, reply in zip(alive, replies):
+            job.visits.append((k, reply))
+            self._observe("decision", stage.name, reply.refused)
+            if reply.refused and k < last:
+                refused_jobs.append(job)
+            else:
+                job.finish(DONE)
+        return refused_jobs

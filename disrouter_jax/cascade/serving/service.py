@@ -16,6 +16,7 @@ from disrouter_jax.cascade.serving.batcher import Batcher, Job
 from disrouter_jax.cascade.serving.config import ServeConfig
 from disrouter_jax.cascade.serving.metrics import ServerMetrics
 from disrouter_jax.cascade.serving.protocol import FINISH_REASONS, ChatRequest, RequestError
+from disrouter_jax.cascade.serving.streaming import TextStream
 from disrouter_jax.tasks.prompts import SCENARIOS
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class CascadeService:
         self.costs = {s.name: float(s.cost) for s in self.stages}
         self.batcher = Batcher(self.stages, max_batch_size=config.max_batch_size,
                                batch_window_ms=config.batch_window_ms, max_queue=config.max_queue,
+                               max_batch_wait_ms=config.max_batch_wait_ms, pipeline=config.pipeline,
                                stage_delay_s=config.stage_delay_s, observer=self.metrics)
         self.ready = threading.Event()
         self.warmup_error = ""
@@ -74,10 +76,14 @@ class CascadeService:
         started = time.perf_counter()
         try:
             if self.config.warmup != "none":
-                sizes = self.config.batch_buckets() if self.config.warmup == "all" else (1,)
+                every = self.config.warmup == "all"
+                sizes = self.config.batch_buckets() if every else (1,)
                 for stage in self.stages:
-                    for alpha in (0.5,) if stage.last else tuple(SCENARIOS):
-                        stage.warm(sizes, stage.prompt_ids(WARMUP_MESSAGES, alpha), self.config.max_new_tokens)
+                    ids = stage.prompt_ids(WARMUP_MESSAGES, self.config.default_alpha)
+                    # The buckets below a stage's shortest prompt are never reached by it.
+                    shortest = min(len(stage.prompt_ids(WARMUP_MESSAGES, alpha)) for alpha in SCENARIOS)
+                    lengths = stage.warm_lengths(shortest) if every else [len(ids)]
+                    stage.warm(sizes, ids, self.config.max_new_tokens, lengths, streaming=self.config.warmup_streaming)
         except Exception as err:  # serve anyway: programs compile on first use
             logger.exception("warm-up failed")
             self.warmup_error = f"{type(err).__name__}: {err}"
@@ -134,3 +140,7 @@ class CascadeService:
 
     def text_deltas(self, answer: Answer) -> list[str]:
         return self.stages[answer.stage].text_deltas(answer.tokens, answer.content)
+
+    def text_stream(self, stage: int, request: ChatRequest) -> TextStream:
+        """The incremental text of agent ``stage``'s tokens as they come, for streaming."""
+        return TextStream(self.stages[stage].decode, request.stop)

@@ -11,22 +11,77 @@ run, so a call runs to the largest budget of its rows and each row is cut at its
 of the first ``n`` steps do not depend on the budget, so this equals running it alone with
 ``max_new_tokens=n``). A sampled row's randomness comes from its own key id (the request's seed),
 never from its position in the batch (``generate(key_ids=...)``).
+
+Shapes: a stage pads prompts to its few prompt-length buckets and sizes every token buffer for
+the server's ``max_new_tokens`` (the loop still stops at the rows' largest budget), so the
+programs a greedy request can need are (batch bucket x prompt bucket), all compiled by
+:meth:`AgentStage.warm` (a prompt past the largest bucket compiles on first use).
+
+Streaming: a row may come with a listener; it gets the row's tokens while the agent generates
+them, from the first step at which the reply can no longer become a refusal
+(``checkers.refusal_status``; the last agent's from its first token), so a client sees the
+answering agent's tokens as they come and never a refusal that is forwarded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from flax import nnx
 
 from disrouter_jax.agents import Agent
 from disrouter_jax.cascade.engine import refusal_early_stop, refusal_token_ids
 from disrouter_jax.generation import BucketConfig, chat_prompt_ids, generate
-from disrouter_jax.tasks.checkers import is_refusal
+from disrouter_jax.generation.buckets import next_power_of_two
+from disrouter_jax.tasks.checkers import is_refusal, refusal_status
 from disrouter_jax.tasks.prompts import scenario_instruction
 
 REPLACEMENT_CHAR = "\ufffd"  # a decoded prefix that ends inside a multi-byte character
+Listener = Callable[[Sequence[int]], None]  # gets a row's next tokens (the stop token never)
+
+
+def stage_buckets(prompt_buckets: Sequence[int], max_new_tokens: int) -> BucketConfig:
+    """A stage's buckets: the prompt-length buckets given (a longer prompt rounds up to a multiple
+    of the largest, compiled on first use) and one token-buffer size for every ``max_tokens`` (the
+    loop still stops at the batch's largest budget)."""
+    return BucketConfig(prompt_lengths=tuple(int(b) for b in prompt_buckets),
+                        new_tokens=(next_power_of_two(max(max_new_tokens, 16)),))
+
+
+class _RowStream:
+    """One listened row of a ``generate`` call: its tokens by step, passed on once decided."""
+
+    def __init__(self, listener: Listener, budget: int, stop_ids, decode, always_answers: bool):
+        self.listener, self.budget, self.stop_ids, self.decode = listener, budget, stop_ids, decode
+        self.tokens: list[int] = []
+        self.pending: dict[int, int] = {}  # steps that came early (callbacks are not ordered)
+        self.decided = always_answers
+        self.ended = False
+        self.sent = 0
+
+    def push(self, step: int, token: int) -> None:
+        self.pending[step] = token
+        while not self.ended and len(self.tokens) in self.pending:
+            token = self.pending.pop(len(self.tokens))
+            if len(self.tokens) >= self.budget or token in self.stop_ids:
+                self.ended = True  # past this row's own budget (a call runs to the largest), or its turn ended
+                break
+            self.tokens.append(token)
+            if len(self.tokens) == self.budget:
+                self.ended = True
+        if not self.decided and self.tokens:
+            text = self.decode(self.tokens)
+            if not text.endswith(REPLACEMENT_CHAR):
+                status = refusal_status(text)
+                self.decided = status == "answer"
+                if status == "refusal":  # forwarded to the next agent: never streamed
+                    self.ended = True
+        if self.decided and len(self.tokens) > self.sent:
+            new, self.sent = self.tokens[self.sent:], len(self.tokens)
+            self.listener(new)
 
 
 def stage_messages(messages: Sequence[Mapping[str, str]], alpha: float | None) -> list[dict[str, str]]:
@@ -77,11 +132,16 @@ class AgentStage:
     """An agent as a cascade stage (``last``: it gets the plain prompt and always answers)."""
 
     def __init__(self, agent: Agent, *, last: bool, max_batch_size: int, buckets: BucketConfig = BucketConfig(),
-                 early_refusal: bool = True):
+                 early_refusal: bool = True, stream_step_delay_s: float = 0.0):
+        """``stream_step_delay_s``: drills only, a pause after every decode step of a call with
+        a listened row (a test then sees tokens arrive while the agent is still generating)."""
         self.agent = agent
         self.last = last
         self.max_batch_size = max_batch_size
         self.buckets = buckets
+        self.stream_step_delay_s = stream_step_delay_s
+        # Served weights never change: split once (per call it is most of a small batch's host time).
+        self.split = nnx.split(agent.model)
         ids = refusal_token_ids(agent)
         self.early_stop = refusal_early_stop(ids) if early_refusal and ids else None
         tokenizer = agent.tokenizer
@@ -108,13 +168,21 @@ class AgentStage:
     def prompt_ids(self, messages: Sequence[Mapping[str, str]], alpha: float) -> list[int]:
         return chat_prompt_ids(self.agent.tokenizer, stage_messages(messages, None if self.last else alpha))
 
-    def run(self, rows: Sequence[StageRow]) -> list[StageReply]:
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.agent.decode(tokens)
+
+    def run(self, rows: Sequence[StageRow], listeners: Sequence[Listener | None] | None = None) -> list[StageReply]:
+        """One reply per row; ``listeners[i]`` (optional) gets row ``i``'s tokens as they come
+        once it is sure to answer (module doc)."""
         replies: list[StageReply | None] = [None] * len(rows)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(row.sampling_group, []).append(i)
+        stop_ids = frozenset(int(t) for t in self.agent.stop_token_ids)
         for indices in groups.values():
             first = rows[indices[0]]
+            streams = {j: _RowStream(listeners[i], rows[i].max_new_tokens, stop_ids, self.decode, self.last)
+                       for j, i in enumerate(indices) if listeners is not None and listeners[i] is not None}
             generations = generate(
                 self.agent.model, [rows[i].prompt_ids for i in indices],
                 max_new_tokens=max(rows[i].max_new_tokens for i in indices),
@@ -122,10 +190,24 @@ class AgentStage:
                 stop_token_ids=self.agent.stop_token_ids, mesh=self.agent.mesh, max_batch_size=self.max_batch_size,
                 buckets=self.buckets, early_stop=self.early_stop, progress=False,
                 key_ids=[rows[i].key_id for i in indices],
+                # A call with a listened row runs the streaming program (never in the persistent
+                # compilation cache: XLA cannot store host callbacks), the others the plain one.
+                on_tokens=self._on_tokens(streams) if streams else None, split=self.split,
             )
             for i, (generation,) in zip(indices, generations):
                 replies[i] = self._reply(generation.tokens, generation.finish_reason, rows[i].max_new_tokens)
         return replies  # type: ignore[return-value]
+
+    def _on_tokens(self, streams: dict[int, _RowStream]):
+        def on_tokens(step: int, prompt_index_r, token_r) -> None:
+            for j, token in zip(prompt_index_r.tolist(), token_r.tolist()):
+                stream = streams.get(j)
+                if stream is not None:
+                    stream.push(step, token)
+            if self.stream_step_delay_s:
+                time.sleep(self.stream_step_delay_s)
+
+        return on_tokens
 
     def _reply(self, tokens: np.ndarray, finish_reason: str, budget: int) -> StageReply:
         paid = len(tokens) + (finish_reason == "stop")
@@ -152,9 +234,29 @@ class AgentStage:
             pieces.append(content[sent:])
         return pieces
 
-    def warm(self, batch_sizes: Sequence[int], prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-        """Compiles the greedy prefill and decode programs of each batch bucket for prompts of
-        ``prompt_ids``'s length bucket (other buckets compile on first use)."""
-        for size in batch_sizes:
-            row = StageRow(tuple(prompt_ids), max_new_tokens)
-            self.run([row] * size)
+    def warm_lengths(self, shortest: int) -> list[int]:
+        """A prompt length in each prompt bucket a request can reach: from ``shortest`` (the
+        stage's prompt for the shortest message: a scenario prompt holds the whole instruction)
+        up to the context (prompt + 1 token); without explicit buckets, ``shortest`` only."""
+        if self.buckets.prompt_lengths is None:
+            return [shortest]
+        lengths, below = [], 0
+        for bucket in self.buckets.prompt_lengths:
+            length = min(bucket, self.context_length - 1)
+            if length > below and bucket >= shortest:
+                lengths.append(max(length, shortest))
+            below = bucket
+        return lengths
+
+    def warm(self, batch_sizes: Sequence[int], prompt_ids: Sequence[int], max_new_tokens: int,
+             lengths: Sequence[int] | None = None, streaming: bool = False) -> None:
+        """Compiles the greedy prefill and decode programs of every batch size x prompt length
+        (default: :meth:`warm_lengths`, one per prompt bucket): ``prompt_ids`` repeated to each
+        length (only the shapes matter); ``streaming``: the streaming decode programs too.
+        Sampled requests compile their own on first use."""
+        for length in self.warm_lengths(len(prompt_ids)) if lengths is None else lengths:
+            ids = tuple((list(prompt_ids) * (length // len(prompt_ids) + 1))[:length])
+            for size in batch_sizes:
+                self.run([StageRow(ids, max_new_tokens)] * size)
+                if streaming:
+                    self.run([StageRow(ids, max_new_tokens)] * size, [lambda tokens: None] * size)

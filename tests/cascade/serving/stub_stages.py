@@ -3,7 +3,8 @@
 A prompt is the bytes of the last message's text. A stage answers ``"<name>: <text>"`` unless the
 text contains ``refuse:<name>`` (it replies the refusal) or ``fail:<name>`` (``run`` raises, as a
 broken agent would); ``slow:<seconds>`` makes its batch take that long. Every batch it runs is
-recorded in ``batches`` (the texts of its rows).
+recorded in ``batches`` (the texts of its rows). Listened rows (streaming) get their reply's
+tokens (bytes) one by one before ``run`` returns, unless the stage forwards them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class StubStage:
     def prompt_ids(self, messages, alpha) -> list[int]:
         return list(messages[-1]["content"].encode())
 
-    def run(self, rows) -> list[StageReply]:
+    def run(self, rows, listeners=None) -> list[StageReply]:
         texts = [bytes(row.prompt_ids).decode() for row in rows]
         with self.lock:
             self.batches.append(texts)
@@ -44,12 +45,22 @@ class StubStage:
             refused = f"refuse:{self.name}" in text
             reply = REFUSAL if refused else f"{self.name}: {text}"[: row.max_new_tokens * 4]
             replies.append(StageReply(tuple(reply.encode()), reply, refused, "early_stop" if refused else "stop"))
+        for listener, reply in zip(listeners or [None] * len(rows), replies):
+            if listener is not None and not (reply.refused and not self.last):
+                for token in reply.tokens:  # as a generating agent streams: one token at a time
+                    listener([token])
         return replies
+
+    def decode(self, tokens) -> str:
+        return bytes(tokens).decode("utf-8", errors="replace")
 
     def text_deltas(self, tokens, content: str) -> list[str]:
         return list(content)
 
-    def warm(self, batch_sizes, prompt_ids, max_new_tokens) -> None:
+    def warm_lengths(self, prompt_length: int) -> list[int]:
+        return [prompt_length]
+
+    def warm(self, batch_sizes, prompt_ids, max_new_tokens, lengths=None, streaming=False) -> None:
         pass
 
     @property

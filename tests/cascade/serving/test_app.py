@@ -2,6 +2,7 @@
 readiness, streaming and routing bodies, through the official ``openai`` client where it applies."""
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -13,7 +14,7 @@ from disrouter_jax.cascade.serving.app import create_app
 from disrouter_jax.cascade.serving.config import ServeConfig
 from disrouter_jax.cascade.serving.service import CascadeService
 from tests.cascade.serving.conftest import InProcessServer, openai_client
-from tests.cascade.serving.stub_stages import stub_pool
+from tests.cascade.serving.stub_stages import StubStage, stub_pool
 
 
 def serve(config: ServeConfig, *names, wait_health=True):
@@ -98,7 +99,7 @@ def test_a_failing_agent_fails_its_requests_with_500_and_the_server_keeps_servin
 def test_health_and_requests_wait_for_warm_up():
     gate = threading.Event()
     server, stages, service = serve(ServeConfig(), wait_health=False)
-    stages[0].warm = lambda *args: gate.wait(10)
+    stages[0].warm = lambda *args, **kwargs: gate.wait(10)
     with server:
         assert httpx.get(f"{server.base_url}/health").status_code == 503
         early = ask(server.base_url, "too early")
@@ -120,3 +121,30 @@ def test_http_errors_are_openai_shaped():
         with pytest.raises(openai.NotFoundError):
             openai_client(server.base_url).chat.completions.create(model="gpt-4", messages=[
                 {"role": "user", "content": "x"}])
+
+
+def test_an_agent_failing_after_streaming_began_ends_the_stream_with_an_error_event():
+    received = threading.Event()  # the client has the first tokens: the agent breaks only then
+
+    class SpeaksThenFails(StubStage):
+        def run(self, rows, listeners=None):
+            for listener in listeners or ():
+                if listener is not None:
+                    listener(list(b"par"))  # what a generating agent streams before it breaks
+                    received.wait(10)
+            raise RuntimeError("broken mid-reply")
+
+    service = CascadeService([SpeaksThenFails("a", last=True)], ServeConfig(batch_window_ms=0.0))
+    with InProcessServer(create_app(service)) as server:
+        events = []
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=30, json={
+                "model": "disrouter", "stream": True, "messages": [{"role": "user", "content": "q"}]}) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[len("data: "):]))
+                    if events[-1].get("choices") and events[-1]["choices"][0]["delta"].get("content"):
+                        received.set()
+        assert reply.status_code == 200  # sent with the first tokens
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "par"
+        assert events[-1]["error"]["code"] == "agent_failed" and "broken mid-reply" in events[-1]["error"]["message"]
+        assert ask(server.base_url, "after").status_code == 500  # still serving (this agent always fails)

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from disrouter_jax.cascade.serving.batcher import CANCELLED, DONE, FAILED, Batcher, Job, QueueFull, Stopped
+from tests.cascade.serving import stub_stages
 from tests.cascade.serving.stub_stages import stub_pool
 
 
@@ -140,3 +141,52 @@ def test_done_callbacks_run_exactly_once():
     assert j.finish(DONE) and not j.finish(FAILED, "again")
     j.add_done_callback(seen.append)  # after the fact: called at once
     assert seen == [j, j] and j.status == DONE
+
+
+class GateStage(stub_stages.StubStage):
+    """Agent b (``wait_for``) holds its batch until agent a has started another one (or 1 s)."""
+
+    def __init__(self, name, gate, entered=None, **kw):
+        super().__init__(name, **kw)
+        self.gate, self.entered, self.saw_gate = gate, entered, []
+
+    def run(self, rows, listeners=None):
+        if self.entered is not None:  # agent b
+            self.entered.set()
+            self.saw_gate.append(self.gate.wait(1.0))
+        elif any(b"open" in bytes(r.prompt_ids) for r in rows):  # agent a, on the second batch
+            self.gate.set()
+        return super().run(rows, listeners)
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_the_next_agent_runs_one_batch_while_the_first_runs_the_next_only_when_pipelined(pipeline):
+    gate, entered = threading.Event(), threading.Event()
+    stages = [GateStage("a", gate), GateStage("b", gate, entered, last=True)]
+    batcher = make(stages, batch_window_ms=0.0, pipeline=pipeline)
+    first = job("refuse:a q")
+    batcher.submit(first)
+    assert entered.wait(10)  # agent b holds the first request's row
+    second = job("open")
+    batcher.submit(second)
+    wait_all([first, second])
+    batcher.stop()
+    assert [first.status, second.status] == [DONE, DONE]
+    # Pipelined, agent a took the second batch while b ran: b saw the gate open; one worker
+    # finishes the first request first, so b waited out its second.
+    assert stages[1].saw_gate == [pipeline]
+
+
+def test_a_batch_grows_while_requests_keep_coming_up_to_its_longest_wait():
+    stages = stub_pool("a", "b")
+    batcher = make(stages, batch_window_ms=400.0, max_batch_wait_ms=3000.0)
+    jobs = [job(f"q{i}") for i in range(4)]
+    for j in jobs[:3]:  # 150 ms apart: each within the 400 ms window of the one before
+        batcher.submit(j)
+        time.sleep(0.15)
+    wait_all(jobs[:3])
+    batcher.submit(jobs[3])
+    wait_all(jobs[3:])
+    batcher.stop()
+    # A fixed 400 ms window from the first would have closed before the third came.
+    assert stages[0].batches == [["q0", "q1", "q2"], ["q3"]]

@@ -94,7 +94,10 @@ def test_serve_config_checks_name_the_field():
     assert ServeConfig(max_batch_size=48).batch_buckets() == (1, 2, 4, 8, 16, 32, 48)
     assert ServeConfig(max_batch_size=1).batch_buckets() == (1,)
     for field, value in (("max_batch_size", 0), ("port", 70000), ("warmup", "some"), ("request_timeout_s", 0),
-                         ("cost_mode", "total"), ("batch_window_ms", -1)):
+                         ("cost_mode", "total"), ("batch_window_ms", -1), ("max_batch_wait_ms", -1),
+                         ("prompt_buckets", (64, 32)), ("prompt_buckets", ()), ("pipeline", 1),
+                         ("warmup_streaming", "yes"), ("stream_step_delay_s", -0.5)):
         with pytest.raises(ValueError, match=f"config.serve.{field}"):
             ServeConfig(**{field: value})
     assert ServeConfig.from_mapping({"max_queue": 3, "train_agents": False}).max_queue == 3
+    assert ServeConfig(prompt_buckets=[16, 64]).prompt_buckets == (16, 64)  # a list from the command line

@@ -24,6 +24,7 @@ from tests.cascade.serving.conftest import ServerProcess, openai_client
 ALPHAS = (0.2, 0.5, 0.8)
 MODELS = {0.2: "disrouter-performance-first", 0.5: "disrouter-balance", 0.8: "disrouter-cost-first"}
 QUERY_LEVELS = [(level, "42") for level in (0, 1, 2, 3, 0, 2, 1, 3)]
+STREAM_STEP_DELAY_S = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,18 @@ def servers(ladder_pool, tmp_path_factory, request):
     cache = tmp_path_factory.mktemp("served_xla_cache")
     procs = {}
 
-    def start(name: str, stage_delay_s: float) -> ServerProcess:
+    def start(name: str, stage_delay_s: float, *overrides: str) -> ServerProcess:
         procs[name] = ServerProcess(config_path, tmp_path_factory.mktemp(f"served_{name}"),
-                                    f"--config.serve.stage_delay_s={stage_delay_s}", compilation_cache=cache)
+                                    f"--config.serve.stage_delay_s={stage_delay_s}", *overrides,
+                                    compilation_cache=cache)
         return procs[name]
 
     try:
         start("shared", 0.05)
         request.getfixturevalue("offline")  # while the server starts
         procs["shared"].wait_ready()
-        start("slow", 1.0)
+        # Its streamed calls also pause after every decode step (the streaming test's drill).
+        start("slow", 1.0, f"--config.serve.stream_step_delay_s={STREAM_STEP_DELAY_S}")
         yield procs
     finally:
         for proc in procs.values():
@@ -219,6 +222,22 @@ def test_a_client_that_leaves_frees_its_request(server, examples):
 def slow_server(servers):
     """The SIGTERM test's server (see `servers`); that test stops it."""
     return servers["slow"].wait_ready()
+
+
+def test_streaming_sends_the_answering_agents_tokens_while_it_generates_them(slow_server, examples):
+    # Level 3: agents 0 and 1 refuse (never streamed); the last agent's forced refusal is streamed
+    # token by token. This server pauses after every decode step of a streamed call, so on the
+    # server its five tokens are >= 4 pauses apart; sent only at the end, they would arrive together.
+    client = openai_client(slow_server.base_url, timeout=60)
+    arrivals = []
+    for chunk in client.chat.completions.create(model="disrouter", messages=user_messages(examples[3]), stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append((time.monotonic(), chunk.choices[0].delta.content))
+        elif chunk.choices and chunk.choices[0].finish_reason:
+            routing = chunk.model_extra["disrouter"]
+    assert [p for _, p in arrivals] == ["I", " don", "'t", " know", "!"]
+    assert routing["answering_agent"] == "agent2" and routing["forced_refusal"]
+    assert arrivals[-1][0] - arrivals[0][0] >= 2 * STREAM_STEP_DELAY_S
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server, examples):

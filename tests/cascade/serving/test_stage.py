@@ -64,3 +64,22 @@ def test_text_deltas_join_to_the_content(ladder_agents, examples):
     reply = stage.run(rows(stage, examples[3:4], 0.5))[0]
     assert stage.text_deltas(reply.tokens, reply.text) == ["I", " don", "'t", " know", "!"]
     assert "".join(stage.text_deltas(reply.tokens, "I don")) == "I don"
+
+
+def test_a_listened_row_hears_its_tokens_once_they_cannot_be_a_refusal(ladder_agents, examples):
+    stage = AgentStage(ladder_agents[1], last=False, max_batch_size=8)  # answers levels 0-1, refuses 2-3
+    batch = rows(stage, examples, 0.5) + [StageRow(rows(stage, examples[3:4], 0.2)[0].prompt_ids, 3)]
+    heard = [[] for _ in batch]
+    replies = stage.run(batch, [h.extend for h in heard])
+    assert replies == stage.run(batch)  # listening changes no reply
+    assert [r.refused for r in replies] == [False, False, True, True, False, False]
+    for reply, got in zip(replies[:5], heard):
+        assert got == ([] if reply.refused else list(reply.tokens))  # the stop token never
+    # "I don't", cut at 3 tokens, answers, but could have become the refusal until its end: it is
+    # never heard (the server then sends it when the request finishes).
+    assert (replies[5].text, heard[5]) == ("I don't", [])
+    # The last agent always answers: its forced refusal is heard token by token.
+    last = AgentStage(ladder_agents[-1], last=True, max_batch_size=8)
+    calls = []
+    reply = last.run(rows(last, examples[3:4], None), [calls.append])[0]
+    assert reply.refused and [t for call in calls for t in call] == list(reply.tokens) and len(calls) == 5
