@@ -27,6 +27,10 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "openai", "httpx"],
+        # Object-store workdirs (disrouter_jax/storage.py): gs:// through gcsfs, s3:// through s3fs.
+        "gcs": ["gcsfs"],
+        "s3": ["s3fs"],
+        # The object-store tests serve a real GCS JSON API on 127.0.0.1 (gcp-storage-emulator).
+        "test": ["pytest", "torch==2.13.0", "openai", "httpx", "gcsfs", "gcp-storage-emulator"],
     },
 )

@@ -1,0 +1,134 @@
+"""disrouter_jax.storage on a local directory and on a real GCS JSON API served on 127.0.0.1.
+
+One emulator for the module (its own process: a test stops it to play a store that goes away);
+every test writes under its own prefix of the one bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from disrouter_jax import storage
+from tests.storage.emulator import BUCKET, Emulator, use_in_this_process
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    server = Emulator(tmp_path_factory.mktemp("gcs") / "emulator.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs(emulator, monkeypatch, tmp_path, request):
+    """A fresh prefix on the emulated bucket; this process reaches it; the local cache is per test."""
+    use_in_this_process(emulator.url, monkeypatch)
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a path named after the URL would appear here
+    return f"gs://{BUCKET}/{request.node.name}"
+
+
+def no_url_named_dirs(root: pathlib.Path) -> None:
+    assert not [p for p in root.iterdir() if p.name in ("gs:", "s3:")], sorted(os.listdir(root))
+
+
+def test_local_paths_stay_pathlib_and_writes_are_atomic(tmp_path):
+    target = tmp_path / "a" / "report.json"
+    assert isinstance(storage.path(str(target)), pathlib.Path)
+    storage.write_text(target, "one\n")
+    storage.write_text(target, "two\n")  # replaced whole, no temporary left beside it
+    storage.append_text(target, "three\n")
+    assert target.read_text() == "two\nthree\n" and os.listdir(target.parent) == ["report.json"]
+
+
+def test_a_url_that_went_through_pathlib_is_refused():
+    assert storage.is_url("gs://b/x") and storage.is_url("s3://b/x") and not storage.is_url("/gs/b")
+    with pytest.raises(ValueError, match=r"'gs:/b/run'.*gs://bucket"):
+        storage.path(str(pathlib.Path("gs://b/run")))  # pathlib makes it "gs:/b/run"
+
+
+def test_object_store_files_trees_and_the_local_cache(gcs, tmp_path):
+    run = storage.path(gcs)
+    storage.write_text(run / "labels" / "labels.jsonl", '{"a": 1}\n')
+    storage.append_text(run / "labels" / "labels.jsonl", '{"a": 2}\n')
+    assert storage.read_text(run / "labels" / "labels.jsonl") == '{"a": 1}\n{"a": 2}\n'
+    assert sorted(p.name for p in run.iterdir()) == ["labels"]
+
+    local = tmp_path / "agent"
+    (local / "sub").mkdir(parents=True)
+    (local / "model.safetensors").write_bytes(b"\0" * 100)
+    (local / "sub" / "tokenizer.json").write_text("{}")
+    (local / "config.json").write_text('{"x": 1}')
+    storage.upload_tree(local, run / "agent", last=("config.json",))
+    cached = storage.local_dir(run / "agent")
+    assert cached.is_relative_to(tmp_path / "cache")
+    assert {str(p.relative_to(cached)) for p in cached.rglob("*") if p.is_file()} == {
+        "model.safetensors", "sub/tokenizer.json", "config.json", ".disrouter-cache.json"}
+    # A changed object is fetched again; a deleted one leaves the cache; the rest stay.
+    (local / "config.json").write_text('{"x": 22}')
+    (local / "sub" / "tokenizer.json").unlink()
+    storage.upload_tree(local, run / "agent")
+    assert storage.local_dir(run / "agent") == cached
+    assert (cached / "config.json").read_text() == '{"x": 22}' and not (cached / "sub" / "tokenizer.json").exists()
+    no_url_named_dirs(tmp_path)
+
+
+def test_metrics_and_reports_on_the_store(gcs, tmp_path):
+    from disrouter_jax.cascade import report
+    from disrouter_jax.training.metrics import MetricsWriter, read_metrics
+
+    with MetricsWriter(gcs, enabled=True) as writer:
+        for step in (1, 2, 3):
+            writer.write(step, {"loss": 1.0 / step})
+    with MetricsWriter(gcs, resume_step=2, enabled=True) as writer:  # a resume drops later records
+        writer.write(3, {"loss": 0.25})
+    assert read_metrics(f"{gcs}/metrics.jsonl") == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
+                                                    {"step": 3, "loss": 0.25}]
+    assert any(p.name.startswith("events.out.tfevents") for p in storage.path(f"{gcs}/tensorboard").iterdir())
+
+    report.write_report(gcs, {"a": 1})
+    report.write_report(gcs, {"a": 2})  # the previous one is kept aside, as on POSIX
+    assert json.loads(storage.read_text(f"{gcs}/report.json")) == {"a": 2}
+    assert json.loads(storage.read_text(f"{gcs}/report.prev-001.json")) == {"a": 1}
+    no_url_named_dirs(tmp_path)
+
+
+def test_orbax_checkpoints_on_the_store_restore(gcs):
+    from disrouter_jax.training.checkpoint import TrainCheckpointer
+    from disrouter_jax.training.optim import OptimConfig
+    from disrouter_jax.training.state import create_train_state
+    from flax import nnx
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    state = create_train_state(model, OptimConfig(learning_rate=0.1, total_steps=2))
+    with TrainCheckpointer(f"{gcs}/checkpoints", async_save=True) as ckpt:
+        ckpt.save(2, state, data_position=2, rng_key=jax.random.key(5))
+    fresh = create_train_state(nnx.Linear(3, 2, rngs=nnx.Rngs(1)), OptimConfig(learning_rate=0.1, total_steps=2))
+    with TrainCheckpointer(f"{gcs}/checkpoints") as ckpt:
+        assert ckpt.all_steps() == [2]
+        restored = ckpt.restore(fresh)
+    assert restored.step == 2 and restored.data_position == 2
+    for a, b in zip(jax.tree.leaves(nnx.state(state.model(), nnx.Param)),
+                    jax.tree.leaves(nnx.state(restored.state.model(), nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jnp.array_equal(jax.random.key_data(restored.rng_key), jax.random.key_data(jax.random.key(5)))
+
+
+def test_a_store_that_stops_gives_a_named_error(emulator, gcs, monkeypatch):
+    import gcsfs
+
+    storage.write_text(f"{gcs}/alive.txt", "yes")
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "retries", 1)  # gcsfs retries a dead host for ~30 s
+    emulator.stop()
+    try:
+        with pytest.raises(storage.StorageError, match=rf"{gcs}/report.json: object-store write failed .*reachable"):
+            storage.write_text(f"{gcs}/report.json", "{}")
+    finally:
+        emulator.start()  # same port: the module's other tests keep their store
