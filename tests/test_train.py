@@ -325,3 +325,60 @@ def test_lora_trains_adapters_only_and_transformers_runs_the_merged_export_as_tr
                 assert not np.array_equal(after[name], tensor), (pool_agent.name, name)
             else:  # embeddings, norms, biases: not trained, written back bit for bit
                 np.testing.assert_array_equal(after[name], tensor, err_msg=f"{pool_agent.name} {name}")
+
+
+def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_runs_files(
+        trainer, uninterrupted, gcs_emulator, tmp_path, monkeypatch):
+    """The CLI with ``--workdir gs://...`` and the pool in the bucket too, on the emulated GCS:
+    killed (SIGKILL) once an SFT checkpoint is in the bucket, rerun, resumed from that checkpoint;
+    then every file of the local uninterrupted run is in the bucket with the same bytes (metrics
+    without their timings), and nothing was written to a local path named after the URL."""
+    import fsspec
+
+    from disrouter_jax import storage
+    from tests.storage.emulator import BUCKET, env_for, use_in_this_process
+
+    use_in_this_process(gcs_emulator.url, monkeypatch)
+    url, pool_url = f"gs://{BUCKET}/train-run", f"gs://{BUCKET}/train-pool"
+    storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache")}
+    command = [arg for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
+    # Checkpoints every 3 steps: every put is a request to the emulator; the exports do not depend on it.
+    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=3"]
+
+    def launch(name):
+        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
+        proc.log_files = (out, err)
+        return proc
+
+    committed = storage.path(f"{url}/agents/{TRAINED[0]}/sft/checkpoints/3/commit_success.txt")
+    proc = launch("killed")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not committed.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, trainer.finish(proc, timeout=1)[2][-4000:]
+        time.sleep(0.2)
+    proc.kill()
+    assert trainer.finish(proc)[0] == -9
+    rc, _, err = trainer.finish(launch("rerun"))
+    assert rc == 0, err[-4000:]
+    assert _resumed_at(err, "sft") == 3
+
+    assert sorted(os.listdir(cwd)) == []  # no "gs:" directory, nothing else either
+    reference, _, _ = uninterrupted
+    fs, root = fsspec.core.url_to_fs(url)
+    in_bucket = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
+    local = {str(p.relative_to(reference)) for p in reference.rglob("*") if p.is_file()}
+    skip = ("/checkpoints/", "/tensorboard/", "metrics.jsonl")  # per-run: step timings, event file names
+    kept = lambda names: {n for n in names if not any(s in n for s in skip)}  # noqa: E731
+    assert kept(in_bucket) == kept(local)
+    for name in sorted(kept(local)):
+        assert fs.cat_file(f"{root}/{name}") == (reference / name).read_bytes(), name
+    for name in TRAINED:
+        for stage, steps in (("sft", SFT_STEPS), ("rl", RL_STEPS)):
+            remote = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                      for r in read_metrics(f"{url}/agents/{name}/{stage}/metrics.jsonl")]
+            assert remote == _metrics(reference)[f"{name}/{stage}"], (name, stage)
+            assert f"agents/{name}/{stage}/checkpoints/{steps}/commit_success.txt" in in_bucket

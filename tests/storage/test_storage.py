@@ -1,7 +1,8 @@
 """disrouter_jax.storage on a local directory and on a real GCS JSON API served on 127.0.0.1.
 
-One emulator for the module (its own process: a test stops it to play a store that goes away);
-every test writes under its own prefix of the one bucket.
+The session's emulator (``gcs_emulator`` in tests/conftest.py, its own process: the last test
+stops it to play a store that goes away, then starts it again); every test writes under its own
+prefix of the one bucket.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import numpy as np
 import pytest
 
 from disrouter_jax import storage
-from tests.storage.emulator import BUCKET, Emulator, use_in_this_process
+from tests.storage.emulator import BUCKET, use_in_this_process
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    server = Emulator(tmp_path_factory.mktemp("gcs") / "emulator.log").start()
-    yield server
-    server.stop()
+@pytest.fixture
+def emulator(gcs_emulator):
+    return gcs_emulator
 
 
 @pytest.fixture
@@ -122,10 +121,16 @@ def test_orbax_checkpoints_on_the_store_restore(gcs):
 
 
 def test_a_store_that_stops_gives_a_named_error(emulator, gcs, monkeypatch):
-    import gcsfs
+    import types
+
+    import gcsfs.retry
+
+    async def no_wait(seconds):
+        return None
 
     storage.write_text(f"{gcs}/alive.txt", "yes")
-    monkeypatch.setattr(gcsfs.GCSFileSystem, "retries", 1)  # gcsfs retries a dead host for ~30 s
+    # gcsfs retries a dead host 6 times over ~30 s of back-off: the same retries, without the waits.
+    monkeypatch.setattr(gcsfs.retry, "asyncio", types.SimpleNamespace(sleep=no_wait))
     emulator.stop()
     try:
         with pytest.raises(storage.StorageError, match=rf"{gcs}/report.json: object-store write failed .*reachable"):
