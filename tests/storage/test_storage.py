@@ -120,6 +120,30 @@ def test_orbax_checkpoints_on_the_store_restore(gcs):
     assert jnp.array_equal(jax.random.key_data(restored.rng_key), jax.random.key_data(jax.random.key(5)))
 
 
+def test_from_pretrained_and_save_pretrained_on_the_store(gcs, tiny_checkpoint, tmp_path):
+    """An agent read from a bucket (through the local cache) is the local one, tensor for tensor;
+    one saved to a bucket is uploaded whole, config.json last, and refuses to be overwritten."""
+    from flax import nnx
+
+    from disrouter_jax.models import hf_io
+
+    local = tiny_checkpoint("gqa2")
+    storage.upload_tree(local, f"{gcs}/agent", last=("config.json",))
+    from_bucket = hf_io.from_pretrained(f"{gcs}/agent")
+    from_disk = hf_io.from_pretrained(local)
+    flat = lambda m: dict(nnx.to_flat_state(nnx.state(m, nnx.Param)))  # noqa: E731
+    for key, value in flat(from_disk).items():
+        np.testing.assert_array_equal(np.asarray(flat(from_bucket)[key].get_value()), np.asarray(value.get_value()))
+    hf_io.save_pretrained(from_bucket, f"{gcs}/saved")
+    assert storage.path(f"{gcs}/saved/config.json").is_file()
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        hf_io.save_pretrained(from_bucket, f"{gcs}/saved")
+    again = hf_io.from_pretrained(f"{gcs}/saved")
+    for key, value in flat(from_disk).items():
+        np.testing.assert_array_equal(np.asarray(flat(again)[key].get_value()), np.asarray(value.get_value()))
+    no_url_named_dirs(tmp_path)
+
+
 def test_a_store_that_stops_gives_a_named_error(emulator, gcs, monkeypatch):
     import types
 
@@ -137,3 +161,29 @@ def test_a_store_that_stops_gives_a_named_error(emulator, gcs, monkeypatch):
             storage.write_text(f"{gcs}/report.json", "{}")
     finally:
         emulator.start()  # same port: the module's other tests keep their store
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_only_process_0_builds_the_toy_pool_and_the_others_read_it_after_the_barrier(process, monkeypatch, tmp_path):
+    """The rule of the 2-process race (both processes built the pool into one workdir): process 0
+    builds or reuses it, every process waits at one barrier, the others then only read it."""
+    from types import SimpleNamespace
+
+    from disrouter_jax import pipeline
+    from disrouter_jax.toy import pool as toy_pool
+    from tests.conftest import load_config_module
+
+    events = []
+    agent = SimpleNamespace(name="toy-xs", path=tmp_path / "pool" / "agents" / "toy-xs", cost=0.1)
+    fake_pool = SimpleNamespace(agents=[agent])
+    monkeypatch.setattr(storage, "is_writer", lambda: process == 0)
+    monkeypatch.setattr(storage, "barrier", lambda name, **kw: events.append(("barrier", name)))
+    monkeypatch.setattr(toy_pool, "build_pool", lambda root, *a, **kw: events.append(("build", str(root))) or fake_pool)
+    monkeypatch.setattr(toy_pool, "load_pool", lambda root: events.append(("load", str(root))) or fake_pool)
+    config = load_config_module("rl_alpha05.py").get_config("toy")
+    config.pool.dir = str(tmp_path / "pool")
+    specs = pipeline.ensure_pool(config, tmp_path / "work")
+    root = str(tmp_path / "pool")
+    assert events == ([("build", root), ("barrier", f"toy-pool:{root}")] if process == 0
+                      else [("barrier", f"toy-pool:{root}"), ("load", root)])
+    assert [(s.name, s.path, s.cost) for s in specs] == [("toy-xs", str(agent.path), 0.1)]
