@@ -344,7 +344,8 @@ def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_r
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache")}
-    command = [arg for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
+    command = [str(PROJECT_ROOT / arg) if arg.startswith("configs/") else arg  # cwd is not the checkout
+               for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
     # Checkpoints every 3 steps: every put is a request to the emulator; the exports do not depend on it.
     command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=3"]
 
@@ -382,3 +383,42 @@ def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_r
                       for r in read_metrics(f"{url}/agents/{name}/{stage}/metrics.jsonl")]
             assert remote == _metrics(reference)[f"{name}/{stage}"], (name, stage)
             assert f"agents/{name}/{stage}/checkpoints/{steps}/commit_success.txt" in in_bucket
+
+
+def test_two_processes_via_local_sh_train_a_fresh_workdir_on_the_store_process_0_writing_shared_files(
+        trainer, gcs_emulator, tmp_path, monkeypatch):
+    """``launch/local.sh -n 2 -d 1 -- python -m disrouter_jax.train ... --workdir gs://...`` from a
+    fresh workdir (the race of issue 22: both processes built the pool and wrote the same labels,
+    then one died of FileExistsError and the other in a Gloo timeout). Process 0 alone writes the
+    shared files, the other waits; both write their shards of every Orbax checkpoint."""
+    import fsspec
+
+    from disrouter_jax import storage
+    from tests.storage.emulator import BUCKET, env_for, use_in_this_process
+
+    use_in_this_process(gcs_emulator.url, monkeypatch)
+    url, pool_url = f"gs://{BUCKET}/train-2proc", f"gs://{BUCKET}/train-2proc-pool"
+    storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
+    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache"),
+           "DISROUTER_HEARTBEAT_TIMEOUT_S": "60"}
+    command = [arg for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
+    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=100"]
+    logs = tmp_path / "logs"
+    done = subprocess.run(["bash", str(PROJECT_ROOT / "launch" / "local.sh"), "-n", "2", "-d", "1", "-l", str(logs),
+                           "--", *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=2 * RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "all 2 processes succeeded" in done.stderr
+    fs, root = fsspec.core.url_to_fs(url)
+    in_bucket = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
+    for name in TRAINED:
+        agent = f"agents/{name}"
+        assert {f"{agent}/labels/labels.jsonl", f"{agent}/labels/summary.json", f"{agent}/sft/targets.json",
+                f"{agent}/sft/DONE", f"{agent}/rl/DONE", f"{agent}/final/config.json",
+                f"{agent}/final/model.safetensors"} <= in_bucket
+        assert not [n for n in in_bucket if n.startswith(f"{agent}/labels/labels.part")]
+        for stage, steps in (("sft", SFT_STEPS), ("rl", RL_STEPS)):
+            shards = {n.split("/state/")[1].split("/")[0] for n in in_bucket
+                      if n.startswith(f"{agent}/{stage}/checkpoints/{steps}/state/ocdbt.process_")}
+            assert shards == {"ocdbt.process_0", "ocdbt.process_1"}, (name, stage, shards)
+    assert not (PROJECT_ROOT / "gs:").exists()
