@@ -147,7 +147,10 @@ def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
                 storage.upload_tree(staged, out_dir, last=("config.json",))
         storage.barrier(f"export:{out_dir}")
         return out_dir
-    return _export_local(model, source_dir, out_dir)
+    _export_local(model, source_dir, out_dir)
+    # The other processes load this export next (the RL stage, the final copy): wait for the rename.
+    storage.barrier(f"export:{out_dir}")
+    return out_dir
 
 
 def _export_local(model, source_dir, out_dir: Path, sync_name: str | None = None) -> Path:
