@@ -56,6 +56,7 @@ LORA = {"lora.enabled": True}
 LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")  # the default lora.targets
 TIMING_KEYS = ("step_seconds", "tokens_per_second")
 RUN_TIMEOUT_S = 600
+SFT_STEPS_2PROC, RL_STEPS_2PROC = 2, 2  # the 2-process runs check who writes what, not what is learnt
 
 
 def _env(cache_dir: Path) -> dict[str, str]:
@@ -385,24 +386,30 @@ def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_r
             assert f"agents/{name}/{stage}/checkpoints/{steps}/commit_success.txt" in in_bucket
 
 
-def test_two_processes_via_local_sh_train_a_fresh_workdir_on_the_store_process_0_writing_shared_files(
-        trainer, gcs_emulator, tmp_path, monkeypatch):
-    """``launch/local.sh -n 2 -d 1 -- python -m disrouter_jax.train ... --workdir gs://...`` from a
-    fresh workdir (the race of issue 22: both processes built the pool and wrote the same labels,
-    then one died of FileExistsError and the other in a Gloo timeout). Process 0 alone writes the
-    shared files, the other waits; both write their shards of every Orbax checkpoint."""
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_two_processes_via_local_sh_train_a_fresh_workdir_process_0_writing_the_shared_files(
+        where, trainer, gcs_emulator, tmp_path, monkeypatch):
+    """``launch/local.sh -n 2 -d 1 -- python -m disrouter_jax.train ...`` from a fresh workdir, on a
+    local directory and on the emulated GCS (the race of issue 22: both processes built the pool
+    and wrote the same labels, then one died of FileExistsError and the other in a Gloo timeout;
+    then process 1 loaded an SFT export process 0 had not renamed into place yet). Process 0
+    alone writes the shared files, the others wait; both write their shards of every checkpoint."""
     import fsspec
 
     from disrouter_jax import storage
     from tests.storage.emulator import BUCKET, env_for, use_in_this_process
 
-    use_in_this_process(gcs_emulator.url, monkeypatch)
-    url, pool_url = f"gs://{BUCKET}/train-2proc", f"gs://{BUCKET}/train-2proc-pool"
-    storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
-    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache"),
-           "DISROUTER_HEARTBEAT_TIMEOUT_S": "60"}
+    env = {**trainer.env, storage.CACHE_ENV: str(tmp_path / "cache"), "DISROUTER_HEARTBEAT_TIMEOUT_S": "60"}
+    if where == "gcs":
+        use_in_this_process(gcs_emulator.url, monkeypatch)
+        url, pool_url = f"gs://{BUCKET}/train-2proc", f"gs://{BUCKET}/train-2proc-pool"
+        storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
+        env.update(env_for(gcs_emulator.url))
+    else:
+        url, pool_url = str(tmp_path / "work"), str(trainer.pool_dir)
     command = [arg for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
-    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=100"]
+    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=100",
+                f"--config.sft.steps={SFT_STEPS_2PROC}", f"--config.rl.steps={RL_STEPS_2PROC}"]
     logs = tmp_path / "logs"
     done = subprocess.run(["bash", str(PROJECT_ROOT / "launch" / "local.sh"), "-n", "2", "-d", "1", "-l", str(logs),
                            "--", *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
@@ -410,15 +417,15 @@ def test_two_processes_via_local_sh_train_a_fresh_workdir_on_the_store_process_0
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     assert "all 2 processes succeeded" in done.stderr
     fs, root = fsspec.core.url_to_fs(url)
-    in_bucket = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
+    files = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
     for name in TRAINED:
         agent = f"agents/{name}"
         assert {f"{agent}/labels/labels.jsonl", f"{agent}/labels/summary.json", f"{agent}/sft/targets.json",
                 f"{agent}/sft/DONE", f"{agent}/rl/DONE", f"{agent}/final/config.json",
-                f"{agent}/final/model.safetensors"} <= in_bucket
-        assert not [n for n in in_bucket if n.startswith(f"{agent}/labels/labels.part")]
-        for stage, steps in (("sft", SFT_STEPS), ("rl", RL_STEPS)):
-            shards = {n.split("/state/")[1].split("/")[0] for n in in_bucket
+                f"{agent}/final/model.safetensors"} <= files
+        assert not [n for n in files if n.startswith(f"{agent}/labels/labels.part") or ".tmp" in n]
+        for stage, steps in (("sft", SFT_STEPS_2PROC), ("rl", RL_STEPS_2PROC)):
+            shards = {n.split("/state/")[1].split("/")[0] for n in files
                       if n.startswith(f"{agent}/{stage}/checkpoints/{steps}/state/ocdbt.process_")}
             assert shards == {"ocdbt.process_0", "ocdbt.process_1"}, (name, stage, shards)
     assert not (PROJECT_ROOT / "gs:").exists()
