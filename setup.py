@@ -31,7 +31,11 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        # aiohttp: benchmarks/serve.py's load generator
-        "test": ["pytest", "torch==2.13.0", "openai", "httpx", "aiohttp"],
+        # Object-store workdirs (disrouter_jax/storage.py): gs:// through gcsfs, s3:// through s3fs.
+        "gcs": ["gcsfs"],
+        "s3": ["s3fs"],
+        # aiohttp: benchmarks/serve.py's load generator; the object-store tests serve a real GCS
+        # JSON API on 127.0.0.1 (gcp-storage-emulator).
+        "test": ["pytest", "torch==2.13.0", "openai", "httpx", "aiohttp", "gcsfs", "gcp-storage-emulator"],
     },
 )

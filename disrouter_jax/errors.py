@@ -27,9 +27,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from disrouter_jax.models.config import ConfigError
     from disrouter_jax.models.hf_io import CheckpointError
     from disrouter_jax.models.safetensors_io import SafetensorsError
+    from disrouter_jax.storage import StorageError
     from disrouter_jax.tasks.example import DataFileError
 
-    return (SetupError, ConfigError, CheckpointError, SafetensorsError, DataFileError, FileNotFoundError,
+    return (SetupError, ConfigError, CheckpointError, SafetensorsError, DataFileError, StorageError, FileNotFoundError,
             NotADirectoryError, IsADirectoryError, PermissionError)
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
@@ -55,7 +56,7 @@ from absl import app, flags
 from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
-from disrouter_jax import distributed, errors, pipeline, plan, runtime, task_data
+from disrouter_jax import distributed, errors, pipeline, plan, runtime, storage, task_data
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import assessors, engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -168,8 +169,7 @@ def check_manifest(path: Path, manifest: dict) -> None:
                 f"--workdir, or remove {path}, the *.jsonl tables and routing_log.jsonl next to it to re-evaluate "
                 "(eval/replies/ keeps reusable generations).")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    storage.write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def sync_table(path: Path, rows: Sequence[log.OutcomeRow]) -> None:
@@ -189,12 +189,14 @@ def cached_query_features(path: Path, model, prompts_by_key: dict, batch_size: i
     """Mean-pooled hidden states per (dataset, query_id), computed once and kept in ``path``."""
     keys = sorted(prompts_by_key)
     if path.exists():
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             cached = dict(zip(map(tuple, data["keys"].tolist()), data["features"]))
         if all(k in cached for k in keys):
             return keys, np.stack([cached[k] for k in keys])
     features = mean_pooled_hidden_states(model, [prompts_by_key[k] for k in keys], batch_size=batch_size)
-    np.savez(path, keys=np.asarray(keys, dtype=str), features=features)
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.asarray(keys, dtype=str), features=features)
+    storage.write_bytes(path, buffer.getvalue())
     return keys, features
 
 
@@ -209,7 +211,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
 
 
     e = config.eval
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     timings = {}
     started = time.perf_counter()
     if base_specs is None:
@@ -330,7 +332,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
         cascade_records += [methods.with_forced_labels(r, plain_index) for r in run_records]
     timings["cascade_s"] = time.perf_counter() - started
     if writer and e.run_cascade:
-        stats_path.write_text(json.dumps(engine_stats, indent=2) + "\n")
+        storage.write_text(stats_path, json.dumps(engine_stats, indent=2) + "\n")
     by_key = {r.key: r for r in replayed}
     agreement = {}
     for alpha in alphas:
@@ -392,7 +394,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     if writer:
         report.write_report(workdir, built)
         report.write_plots(workdir, built)
-        (workdir / "eval" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+        storage.write_text(workdir / "eval" / "timings.json", json.dumps(timings, indent=2) + "\n")
     return built
 
 
@@ -433,7 +435,7 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
     on the sub-pool from router_train_outcomes.jsonl and the cached query features.
     """
     e = config.eval
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     scenario = log.read_outcome_table(workdir / report.OUTCOMES_FILE)
     plain = log.read_outcome_table(workdir / PLAIN_OUTCOMES_FILE)
     full_pool = replay.table_agents(scenario)
@@ -454,7 +456,7 @@ def run_replay(config, workdir, subpool: Sequence[str]) -> dict:
     judges = {log.DISROUTER: assessors.self_assessors(rows, subpool[:-1])}
     fit_path, features_path = workdir / ROUTER_TRAIN_FILE, workdir / "eval" / "query_features.npz"
     if e.routers and fit_path.exists() and features_path.exists():
-        with np.load(features_path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(features_path.read_bytes()), allow_pickle=False) as data:
             keys, features_qd = [tuple(k) for k in data["keys"].tolist()], data["features"]
         fit_rows = log.read_outcome_table(fit_path)
         if e.baseline_replies == "scenario":
@@ -512,12 +514,13 @@ def run_cli(flag_values: flags.FlagValues) -> dict:
     distributed.initialize()
     config = flag_values.config
     config_arg = flag_values["config"].config_filename
-    workdir = Path(flag_values.workdir or Path("workdir") / ("eval_" + (config_arg.partition(":")[2] or "paper")))
+    workdir = storage.path(flag_values.workdir or Path("workdir") / ("eval_" + (config_arg.partition(":")[2] or "paper")))
     configure_logging()
     with errors.reported_as_one_line():
         if config.plan_only:
             return plan.print_plan(config, workdir, config_arg)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not storage.is_url(workdir):
+            workdir.mkdir(parents=True, exist_ok=True)
         if config.eval.replay_pool:
             built = run_replay(config, workdir, config.eval.replay_pool)
             out_dir = workdir / "replay" / "+".join(config.eval.replay_pool)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from disrouter_jax import agents as agents_lib
 from disrouter_jax import sharding as sharding_lib
+from disrouter_jax import storage
 from disrouter_jax.agents import Agent, AgentSpec
 from disrouter_jax.models import hf_io, qwen2
 from disrouter_jax.selfaware import assessment as assessment_lib
@@ -45,6 +46,7 @@ from disrouter_jax.training.state import create_train_state
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json")
 SFT_TARGETS_FILE = "targets.json"  # per α: δ, answer and refusal targets kept, balanced or not
+POOL_BUILD_TIMEOUT_S = 3 * 3600  # the other processes wait this long for process 0 to pre-train the toy pool
 
 
 # ------------------------------------------------------------------------------------ agents
@@ -57,8 +59,14 @@ def ensure_pool(config: ml_collections.ConfigDict, workdir: str | Path) -> list[
         from disrouter_jax.toy import tasks as _toy_tasks  # noqa: F401  (registers the toy tasks)
 
         make = toy_pool.PoolConfig.reduced if config.pool.reduced else toy_pool.PoolConfig.default
-        pool = toy_pool.build_pool(toy_pool_dir(config, workdir), make(seed=config.seed, mixed=config.pool.mixed),
-                                   progress=config.progress)
+        pool_dir = toy_pool_dir(config, workdir)
+        # Process 0 builds (or reuses) the pool; the others wait for it and read what it wrote.
+        if storage.is_writer():
+            pool = toy_pool.build_pool(pool_dir, make(seed=config.seed, mixed=config.pool.mixed),
+                                       progress=config.progress)
+        storage.barrier(f"toy-pool:{pool_dir}", timeout_s=POOL_BUILD_TIMEOUT_S)
+        if not storage.is_writer():
+            pool = toy_pool.load_pool(pool_dir)
         return [AgentSpec(a.name, str(a.path), a.cost) for a in pool.agents]
     if not config.pool.agents:
         raise ValueError("config.pool.agents is empty: list the agents (name, path, cost) in cascade order")
@@ -70,7 +78,7 @@ def agents_to_train(config, specs: list[AgentSpec]) -> list[AgentSpec]:
 
 
 def final_dir(workdir: str | Path, name: str) -> Path:
-    return Path(workdir) / "agents" / name / "final"
+    return storage.join(workdir, "agents", name, "final")
 
 
 def ensure_trained_pool(config, workdir: str | Path, mesh=None) -> list[AgentSpec]:
@@ -128,13 +136,29 @@ def train_state_for(config, model, optim: OptimConfig):
 
 
 def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
-    """Writes the trained weights (LoRA merged) plus the source's tokenizer/generation files."""
-    out_dir = Path(out_dir)
+    """Writes the trained weights (LoRA merged) plus the source's tokenizer/generation files.
+    On an object store the directory is assembled locally and uploaded, config.json last (the
+    completion marker every reader checks)."""
+    out_dir = storage.path(out_dir)
+    if storage.is_url(out_dir):
+        with tempfile.TemporaryDirectory(prefix="disrouter-export-") as tmp:
+            staged = _export_local(model, source_dir, Path(tmp) / out_dir.name, sync_name=str(out_dir))
+            if storage.is_writer():
+                storage.upload_tree(staged, out_dir, last=("config.json",))
+        storage.barrier(f"export:{out_dir}")
+        return out_dir
+    _export_local(model, source_dir, out_dir)
+    # The other processes load this export next (the RL stage, the final copy): wait for the rename.
+    storage.barrier(f"export:{out_dir}")
+    return out_dir
+
+
+def _export_local(model, source_dir, out_dir: Path, sync_name: str | None = None) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
+    if tmp.exists() and storage.is_writer():
         shutil.rmtree(tmp)
-    qwen2.save_pretrained(merge_lora(model), tmp)
-    if jax.process_index() == 0:
+    qwen2.save_pretrained(merge_lora(model), tmp, sync_name=sync_name)
+    if storage.is_writer():
         for item in hf_io.resolve_checkpoint_dir(source_dir).iterdir():
             if item.is_file() and item.name not in WEIGHT_FILES and not item.name.endswith(".safetensors"):
                 shutil.copy2(item, tmp / item.name)
@@ -146,7 +170,7 @@ def export_agent(model, source_dir: str | Path, out_dir: str | Path) -> Path:
 
 def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path:
     """Label -> SFT -> RL for one agent; returns the directory of the trained agent."""
-    agent_dir = Path(workdir) / "agents" / spec.name
+    agent_dir = storage.join(workdir, "agents", spec.name)
     final = agent_dir / "final"
     if (final / "config.json").is_file():
         logger.info("%s: trained agent found at %s", spec.name, final)
@@ -156,7 +180,7 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
         spec, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh, path=path)
     agent = load()
     examples = training_examples(config, workdir)
-    current = Path(spec.path)
+    current = storage.path(spec.path)
 
     rl_replay = "rl" in config.stages and config.rl.replay_coef > 0
     if "label" in config.stages or "sft" in config.stages or rl_replay:
@@ -179,9 +203,8 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             )
             logger.info("%s: %d SFT examples (%d replayed plain answers), %.0f%% answer targets", spec.name,
                         len(data.examples), data.num_replay, 100 * data.accept_fraction)
-            if jax.process_index() == 0:
-                sft_dir.mkdir(parents=True, exist_ok=True)
-                (sft_dir / SFT_TARGETS_FILE).write_text(json.dumps(data.summary(), indent=2) + "\n")
+            if storage.is_writer():
+                storage.write_text(sft_dir / SFT_TARGETS_FILE, json.dumps(data.summary(), indent=2) + "\n")
             optim = optim_config(config.sft, config.sft.steps)
             state = train_state_for(config, agent.model, optim)
             make_batch = sft_batch_fn(data, batch_size=config.sft.batch_size,
@@ -219,10 +242,12 @@ def train_agent(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> Path
             export_agent(state.model(), spec.path, rl_dir / "export")
         current = rl_dir / "export"
 
-    if current == Path(spec.path):
+    if str(current) == str(storage.path(spec.path)):
         raise ValueError(f"config.stages={tuple(config.stages)} trains nothing: include 'sft' and/or 'rl'")
     assess_stages(config, spec, workdir, mesh=mesh)
-    _copy_tree(current, final)
+    if storage.is_writer():
+        storage.copy_tree(current, final)
+    storage.barrier(f"final:{final}")
     return final
 
 
@@ -247,13 +272,13 @@ def stage_export_dir(spec: AgentSpec, workdir: str | Path, stage: str) -> Path |
     """The agent as a stage left it ("base": the pre-trained agent; "sft", "rl": that stage's
     export), or None when the stage has not run."""
     if stage == "base":
-        return Path(spec.path)
-    export = Path(workdir) / "agents" / spec.name / stage / "export"
+        return storage.path(spec.path)
+    export = storage.join(workdir, "agents", spec.name, stage, "export")
     return export if (export / "config.json").is_file() else None
 
 
 def assessment_path(spec: AgentSpec, workdir: str | Path, stage: str) -> Path:
-    return Path(workdir) / "agents" / spec.name / stage / assessment_lib.ASSESSMENT_FILE
+    return storage.join(workdir, "agents", spec.name, stage, assessment_lib.ASSESSMENT_FILE)
 
 
 def assess_stages(config, spec: AgentSpec, workdir: str | Path, mesh=None) -> dict[str, dict]:
@@ -311,8 +336,8 @@ def write_assessment_table(config, specs: list[AgentSpec], workdir: str | Path) 
             "under scenario a; acc/F1@a: refusal as a detector of 'its own plain-prompt answer is wrong' "
             "(refusal = positive class); vs-pre@a: the same against the pre-trained agent's plain answer; "
             "ans.acc@a: accuracy of the answers it gave under scenario a.")
-    if jax.process_index() == 0:
-        (Path(workdir) / "agents" / ASSESSMENT_TABLE_FILE).write_text(note + "\n" + table + "\n")
+    if storage.is_writer():
+        storage.write_text(storage.join(workdir, "agents", ASSESSMENT_TABLE_FILE), note + "\n" + table + "\n")
     logger.info("%s\n%s", note, table)
     return table
 
@@ -322,19 +347,12 @@ def _pad_id(agent: Agent) -> int:
     return int(pad if pad is not None else agent.tokenizer.eos_token_id)
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    tmp.rename(dst)
-
-
 def _write_label_summary(label_dir: Path, records) -> None:
     p = [r.p_correct for r in records]
     summary = {"queries": len(records), "mean_p_correct": sum(p) / max(len(p), 1),
                "never_correct": sum(x == 0 for x in p), "always_correct": sum(x == 1 for x in p)}
-    (label_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if storage.is_writer():
+        storage.write_text(label_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def make_mesh_from_config(config):

@@ -75,7 +75,8 @@ def target_for(config) -> Target:
     platform = config.plan.platform or jax.default_backend()
     memory = int(config.plan.device_memory_gib * GIB) or None
     if memory is None and platform == jax.default_backend():
-        memory = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")  # GPUs and TPUs report it
+        # This process's own device: another host's raises on memory_stats() (multi-process runs).
+        memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")  # GPUs and TPUs report it
     try:
         mesh = MeshConfig(**dict(config.mesh)).sizes(num_devices)
     except ValueError as err:

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from disrouter_jax import storage
 from disrouter_jax import task_data
 from disrouter_jax.agents import AgentSpec, check_chat_tokenizer, load_tokenizer
 from disrouter_jax.errors import SetupError, one_line, user_errors
@@ -64,7 +65,7 @@ class TaskCheck:
 def check_agent(spec: AgentSpec) -> AgentCheck:
     """The checkpoint and tokenizer of one agent (see the module docstring)."""
     where = spec.name
-    local = Path(spec.path).expanduser()
+    local = hf_io.resolve_checkpoint_dir(spec.path) if storage.is_url(spec.path) else Path(spec.path).expanduser()
     if local.is_dir():
         try:
             config = hf_io.check_checkpoint(local)

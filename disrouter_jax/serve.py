@@ -77,8 +77,11 @@ def run_cli(flag_values: flags.FlagValues) -> None:
     serve_cfg = ServeConfig.from_mapping(config.serve)
     if flag_values.port is not None:
         serve_cfg = dataclasses.replace(serve_cfg, port=flag_values.port)
-    workdir = Path(flag_values.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    from disrouter_jax import storage
+
+    workdir = storage.path(flag_values.workdir)
+    if not storage.is_url(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
     with errors.reported_as_one_line():  # a missing agent or tokenizer: one line, exit 2
         stages = load_stages(config, workdir, serve_cfg)
     logger.info("serving %s on http://%s:%d", [s.name for s in stages], serve_cfg.host, serve_cfg.port)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from disrouter_jax import storage
 from disrouter_jax.errors import SetupError
 from disrouter_jax.tasks.example import Example
 from disrouter_jax.tasks.mixture import build_mixture
@@ -27,13 +28,16 @@ ROLES = ("train", "eval")
 
 
 def toy_pool_dir(config, workdir: str | Path) -> Path:
-    return Path(config.pool.dir or Path(workdir) / "pool")
+    return storage.path(config.pool.dir or storage.join(workdir, "pool"))
 
 
 def task_path(config, name: str, workdir: str | Path) -> Path | None:
-    """Local files of task ``name``: ``data.dir/<name>``; for the toy pool, the directory the pool
-    wrote its tasks to; otherwise ``None`` (the Hugging Face Hub)."""
+    """Local files of task ``name``: ``data.dir/<name>`` (on an object store: its copy in the
+    local cache, ``storage.local_dir``); for the toy pool, the directory the pool wrote its tasks
+    to; otherwise ``None`` (the Hugging Face Hub)."""
     if config.data.dir:
+        if storage.is_url(config.data.dir):
+            return storage.local_dir(storage.join(config.data.dir, name))
         return Path(config.data.dir) / name
     if config.pool.toy:
         from disrouter_jax.toy import pool as toy_pool

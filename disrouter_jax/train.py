@@ -44,17 +44,18 @@ def main(argv):
 
 def run_cli(flag_values: flags.FlagValues):
     """The command from parsed flags: the plan, or the training; returns the trained agents' specs."""
-    from disrouter_jax import distributed, errors, pipeline, plan
+    from disrouter_jax import distributed, errors, pipeline, plan, storage
 
     distributed.initialize()
     config = flag_values.config
     config_arg = flag_values["config"].config_filename
-    workdir = Path(flag_values.workdir or default_workdir(config_arg, config_arg.partition(":")[2] or None))
+    workdir = storage.path(flag_values.workdir or default_workdir(config_arg, config_arg.partition(":")[2] or None))
     configure_logging()
     with errors.reported_as_one_line():
         if config.plan_only:
             return plan.print_plan(config, workdir, config_arg)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not storage.is_url(workdir):
+            workdir.mkdir(parents=True, exist_ok=True)
         specs = pipeline.ensure_pool(config, workdir)
         plan.check_before_run(config, workdir, specs)
         trained = pipeline.ensure_trained_pool(config, workdir, mesh=pipeline.make_mesh_from_config(config))

@@ -376,3 +376,14 @@ def qwen25_pool(shared_data, tmp_path_factory) -> list[dict]:
     from tests.qwen25_pool import build_pool
 
     return build_pool(shared_data, tmp_path_factory.mktemp("qwen25_pool"))
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A GCS JSON API on 127.0.0.1 (tests/storage/emulator.py), in its own process, started on
+    first use; its bucket is `tests.storage.emulator.BUCKET`. Every user writes under its own prefix."""
+    from tests.storage.emulator import Emulator
+
+    server = Emulator(tmp_path_factory.mktemp("gcs") / "emulator.log").start()
+    yield server
+    server.stop()

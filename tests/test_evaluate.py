@@ -316,3 +316,43 @@ def test_share_table_lists_every_agent_per_alpha(evaluated):
         shares = built["results"][key]["in_domain"]["disrouter"]["final_share"]
         assert cells[0] == key and [float(c) for c in cells[1:]] == pytest.approx(
             [shares[a] for a in ("agent0", "agent1", "agent2")], abs=5e-4)
+
+
+def test_agents_data_and_workdir_on_an_object_store_give_the_local_run_files(evaluated, setup, gcs_emulator, monkeypatch,
+                                                                            tmp_path):
+    """The same evaluation with the agents, the task files and the workdir on the emulated GCS:
+    the agents load from the bucket (through the local cache), every output lands in the bucket,
+    the report equals the local run's, the tables and the routing log have the same bytes, and no
+    local path is named after the URL."""
+    from disrouter_jax import storage
+    from tests.storage.emulator import BUCKET, use_in_this_process
+
+    config, workdir, built = evaluated
+    pool_paths, data_dir = setup
+    use_in_this_process(gcs_emulator.url, monkeypatch)
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    base = f"gs://{BUCKET}/evaluate"
+    for k, path in enumerate(pool_paths):
+        storage.upload_tree(path, f"{base}/pool/{k}", last=("config.json",))
+    storage.upload_tree(data_dir, f"{base}/data")
+    remote = scripted_config([f"{base}/pool/{k}" for k in range(len(pool_paths))], f"{base}/data")
+    assert evaluate.run_evaluation(remote, f"{base}/run") == built
+
+    run = storage.path(f"{base}/run")
+    local = {str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file()}
+    in_bucket = {str(p)[len(str(run)) + 1:] for p in _walk(run)}
+    assert in_bucket == local
+    for name in (report.REPORT_FILE, report.ROUTING_LOG_FILE, report.OUTCOMES_FILE, evaluate.PLAIN_OUTCOMES_FILE,
+                 evaluate.ROUTER_TRAIN_FILE, "eval/replies/agent0.jsonl", "eval/cascade_stats.json"):
+        assert (run / name).read_bytes() == (workdir / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == []
+
+
+def _walk(path):
+    for child in path.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child

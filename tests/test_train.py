@@ -56,6 +56,7 @@ LORA = {"lora.enabled": True}
 LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")  # the default lora.targets
 TIMING_KEYS = ("step_seconds", "tokens_per_second")
 RUN_TIMEOUT_S = 600
+SFT_STEPS_2PROC, RL_STEPS_2PROC = 2, 2  # the 2-process runs check who writes what, not what is learnt
 
 
 def _env(cache_dir: Path) -> dict[str, str]:
@@ -323,3 +324,106 @@ def test_lora_trains_adapters_only_and_transformers_runs_the_merged_export_as_tr
                 assert not np.array_equal(after[name], tensor), (pool_agent.name, name)
             else:  # embeddings, norms, biases: not trained, written back bit for bit
                 np.testing.assert_array_equal(after[name], tensor, err_msg=f"{pool_agent.name} {name}")
+
+
+def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_runs_files(
+        trainer, uninterrupted, gcs_emulator, tmp_path, monkeypatch):
+    """The CLI with ``--workdir gs://...`` and the pool in the bucket too, on the emulated GCS:
+    killed (SIGKILL) once an SFT checkpoint is in the bucket, rerun, resumed from that checkpoint;
+    then every file of the local uninterrupted run is in the bucket with the same bytes (metrics
+    without their timings), and nothing was written to a local path named after the URL."""
+    import fsspec
+
+    from disrouter_jax import storage
+    from tests.storage.emulator import BUCKET, env_for, use_in_this_process
+
+    use_in_this_process(gcs_emulator.url, monkeypatch)
+    url, pool_url = f"gs://{BUCKET}/train-run", f"gs://{BUCKET}/train-pool"
+    storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache")}
+    command = [str(PROJECT_ROOT / arg) if arg.startswith("configs/") else arg  # cwd is not the checkout
+               for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
+    # Checkpoints every 3 steps: every put is a request to the emulator; the exports do not depend on it.
+    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=3"]
+
+    def launch(name):
+        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
+        proc.log_files = (out, err)
+        return proc
+
+    committed = storage.path(f"{url}/agents/{TRAINED[0]}/sft/checkpoints/3/commit_success.txt")
+    proc = launch("killed")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not committed.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, trainer.finish(proc, timeout=1)[2][-4000:]
+        time.sleep(0.2)
+    proc.kill()
+    assert trainer.finish(proc)[0] == -9
+    rc, _, err = trainer.finish(launch("rerun"))
+    assert rc == 0, err[-4000:]
+    assert _resumed_at(err, "sft") == 3
+
+    assert sorted(os.listdir(cwd)) == []  # no "gs:" directory, nothing else either
+    reference, _, _ = uninterrupted
+    fs, root = fsspec.core.url_to_fs(url)
+    in_bucket = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
+    local = {str(p.relative_to(reference)) for p in reference.rglob("*") if p.is_file()}
+    skip = ("/checkpoints/", "/tensorboard/", "metrics.jsonl")  # per-run: step timings, event file names
+    kept = lambda names: {n for n in names if not any(s in n for s in skip)}  # noqa: E731
+    assert kept(in_bucket) == kept(local)
+    for name in sorted(kept(local)):
+        assert fs.cat_file(f"{root}/{name}") == (reference / name).read_bytes(), name
+    for name in TRAINED:
+        for stage, steps in (("sft", SFT_STEPS), ("rl", RL_STEPS)):
+            remote = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                      for r in read_metrics(f"{url}/agents/{name}/{stage}/metrics.jsonl")]
+            assert remote == _metrics(reference)[f"{name}/{stage}"], (name, stage)
+            assert f"agents/{name}/{stage}/checkpoints/{steps}/commit_success.txt" in in_bucket
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_two_processes_via_local_sh_train_a_fresh_workdir_process_0_writing_the_shared_files(
+        where, trainer, gcs_emulator, tmp_path, monkeypatch):
+    """``launch/local.sh -n 2 -d 1 -- python -m disrouter_jax.train ...`` from a fresh workdir, on a
+    local directory and on the emulated GCS (the race of issue 22: both processes built the pool
+    and wrote the same labels, then one died of FileExistsError and the other in a Gloo timeout;
+    then process 1 loaded an SFT export process 0 had not renamed into place yet). Process 0
+    alone writes the shared files, the others wait; both write their shards of every checkpoint."""
+    import fsspec
+
+    from disrouter_jax import storage
+    from tests.storage.emulator import BUCKET, env_for, use_in_this_process
+
+    env = {**trainer.env, storage.CACHE_ENV: str(tmp_path / "cache"), "DISROUTER_HEARTBEAT_TIMEOUT_S": "60"}
+    if where == "gcs":
+        use_in_this_process(gcs_emulator.url, monkeypatch)
+        url, pool_url = f"gs://{BUCKET}/train-2proc", f"gs://{BUCKET}/train-2proc-pool"
+        storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
+        env.update(env_for(gcs_emulator.url))
+    else:
+        url, pool_url = str(tmp_path / "work"), str(trainer.pool_dir)
+    command = [arg for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
+    command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=100",
+                f"--config.sft.steps={SFT_STEPS_2PROC}", f"--config.rl.steps={RL_STEPS_2PROC}"]
+    logs = tmp_path / "logs"
+    done = subprocess.run(["bash", str(PROJECT_ROOT / "launch" / "local.sh"), "-n", "2", "-d", "1", "-l", str(logs),
+                           "--", *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=2 * RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "all 2 processes succeeded" in done.stderr
+    fs, root = fsspec.core.url_to_fs(url)
+    files = {key.split(f"{root}/", 1)[1] for key in fs.find(root)}
+    for name in TRAINED:
+        agent = f"agents/{name}"
+        assert {f"{agent}/labels/labels.jsonl", f"{agent}/labels/summary.json", f"{agent}/sft/targets.json",
+                f"{agent}/sft/DONE", f"{agent}/rl/DONE", f"{agent}/final/config.json",
+                f"{agent}/final/model.safetensors"} <= files
+        assert not [n for n in files if n.startswith(f"{agent}/labels/labels.part") or ".tmp" in n]
+        for stage, steps in (("sft", SFT_STEPS_2PROC), ("rl", RL_STEPS_2PROC)):
+            shards = {n.split("/state/")[1].split("/")[0] for n in files
+                      if n.startswith(f"{agent}/{stage}/checkpoints/{steps}/state/ocdbt.process_")}
+            assert shards == {"ocdbt.process_0", "ocdbt.process_1"}, (name, stage, shards)
+    assert not (PROJECT_ROOT / "gs:").exists()

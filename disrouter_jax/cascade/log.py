@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
+from disrouter_jax import storage
+
 ANSWER = "answer"
 REFUSE = "refuse"
 DECISIONS = (ANSWER, REFUSE)
@@ -325,11 +327,17 @@ class OutcomeRow:
 
 def _check_complete_tail(path: Path) -> None:
     """Refuse to append after a partial last line (an interrupted write) instead of gluing onto it."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        last = handle.read(1)
+    if storage.is_url(path):
+        data = path.read_bytes() if path.exists() else b""
+        if not data:
+            return
+        last = data[-1:]
+    else:
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            last = handle.read(1)
     if last != b"\n":
         raise RecordError(f"{path}: last line is incomplete (no trailing newline; interrupted write?); "
                           "fix or remove that line before appending")
@@ -341,23 +349,19 @@ def append_jsonl(path: str | os.PathLike, objects: Iterable[Mapping[str, Any]]) 
     Append-safe: each call writes whole lines, never rewrites existing ones, and refuses to
     continue a file whose last line is incomplete.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = storage.path(path)
     _check_complete_tail(path)
     lines = [json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n" for obj in objects]
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
+    storage.append_text(path, "".join(lines))
     return len(lines)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """Yield ``(where, object)`` per non-blank line; ``where`` is ``"file:line"`` for error messages."""
-    path = Path(path)
+    path = storage.path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such JSONL file")
-    with open(path, encoding="utf-8") as handle:
+    with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             where = f"{path}:{number}"
             if not line.strip():

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from disrouter_jax import storage
 from disrouter_jax.cascade import engine
 from disrouter_jax.cascade.log import append_jsonl, iter_jsonl
 
@@ -30,7 +31,8 @@ def producer(agent, config: engine.EngineConfig) -> dict:
     """What determines an agent's replies: its weights and the generation settings."""
     return {
         "agent": agent.name,
-        "path": str(Path(agent.spec.path).resolve()) if Path(agent.spec.path).exists() else str(agent.spec.path),
+        "path": (str(agent.spec.path) if storage.is_url(agent.spec.path) or not Path(agent.spec.path).exists()
+                 else str(Path(agent.spec.path).resolve())),
         "max_new_tokens": config.max_new_tokens,
         "early_refusal": config.early_refusal,
         "dtype": str(getattr(agent.model, "dtype", "")),
@@ -39,7 +41,7 @@ def producer(agent, config: engine.EngineConfig) -> dict:
 
 class ReplyStore:
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
+        self.directory = storage.path(directory)
         self._lock = threading.Lock()
         self._loaded: dict[str, dict[tuple, engine.Reply]] = {}
 
@@ -58,8 +60,7 @@ class ReplyStore:
                     f"{meta_path}: cached replies of agent {agent.name!r} were produced with different settings "
                     f"(cached, now): {diff}. Use a new --workdir, or delete {meta_path.parent} to regenerate.")
         else:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            meta_path.write_text(json.dumps(want, indent=2) + "\n", encoding="utf-8")
+            storage.write_text(meta_path, json.dumps(want, indent=2) + "\n")
 
     def _cache(self, agent_name: str) -> dict[tuple, engine.Reply]:
         with self._lock:

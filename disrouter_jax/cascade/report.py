@@ -12,6 +12,7 @@ free number, so no earlier version is ever lost); an identical one is left untou
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Mapping, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from disrouter_jax import storage
 from disrouter_jax.cascade import baselines, bootstrap
 from disrouter_jax.cascade.log import (DISROUTER, IN_DOMAIN, OUT_OF_DOMAIN, RoutingRecord, read_routing_log,
                                        record_families)
@@ -112,7 +114,7 @@ def recompute_report(routing_log_path: str | os.PathLike, report: Mapping) -> di
                         report.get("assessors"))
 
 
-def _next_prev_path(workdir: Path) -> Path:
+def _next_prev_path(workdir) -> Path:
     number = 1
     while (workdir / f"report.prev-{number:03d}.json").exists():
         number += 1
@@ -121,12 +123,17 @@ def _next_prev_path(workdir: Path) -> Path:
 
 def write_report(workdir: str | os.PathLike, report: Mapping) -> Path:
     """Write ``workdir/report.json`` atomically, keeping any different previous one (module doc)."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = storage.path(workdir)
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     target = workdir / REPORT_FILE
     if target.exists() and target.read_text(encoding="utf-8") == text:
         return target
+    if storage.is_url(workdir):
+        # No rename on an object store: the previous report is copied aside, then replaced by one put.
+        if target.exists():
+            storage.write_bytes(_next_prev_path(workdir), target.read_bytes())
+        return storage.write_text(target, text)
+    workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / f".{REPORT_FILE}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -139,7 +146,7 @@ def write_report(workdir: str | os.PathLike, report: Mapping) -> Path:
 
 
 def read_report(path: str | os.PathLike) -> dict:
-    path = Path(path)
+    path = storage.path(path)
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -183,8 +190,7 @@ def plot_utility(report: Mapping, path: str | os.PathLike) -> Path:
         ax.set(title=f"utility ({group})", xlabel="alpha", ylabel="accuracy - alpha * cost")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small")
-    figure.savefig(path, format="png")
-    return Path(path)
+    return _save_png(figure, path)
 
 
 def plot_frontier(report: Mapping, path: str | os.PathLike) -> Path:
@@ -202,8 +208,7 @@ def plot_frontier(report: Mapping, path: str | os.PathLike) -> Path:
         ax.set(title=f"accuracy vs cost ({group})", xlabel="mean cost", ylabel="accuracy")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small")
-    figure.savefig(path, format="png")
-    return Path(path)
+    return _save_png(figure, path)
 
 
 def plot_agent_share(report: Mapping, path: str | os.PathLike, method: str = DISROUTER) -> Path:
@@ -223,14 +228,24 @@ def plot_agent_share(report: Mapping, path: str | os.PathLike, method: str = DIS
         ax.set_xticks(positions, keys)
         ax.set(title=f"{method}: final agent share ({group})", xlabel="alpha", ylabel="share of queries", ylim=(0, 1))
     axes[-1].legend(fontsize="small")
-    figure.savefig(path, format="png")
-    return Path(path)
+    return _save_png(figure, path)
+
+
+def _save_png(figure, path):
+    """Saves ``figure`` to ``path``; on an object store as one put of the PNG bytes."""
+    if not storage.is_url(path):
+        figure.savefig(path, format="png")
+        return Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return storage.write_bytes(path, buffer.getvalue())
 
 
 def write_plots(workdir: str | os.PathLike, report: Mapping, method: str = DISROUTER) -> list[Path]:
     """The three PNGs of :data:`PLOT_FILES` under ``workdir``."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = storage.path(workdir)
+    if not storage.is_url(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
     utility_png, frontier_png, share_png = (workdir / name for name in PLOT_FILES)
     return [plot_utility(report, utility_png), plot_frontier(report, frontier_png),
             plot_agent_share(report, share_png, method)]

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from disrouter_jax import sharding as sharding_lib
+from disrouter_jax import storage
 from disrouter_jax.models import families
 from disrouter_jax.models.decoder import Decoder
 from disrouter_jax.models.safetensors_io import SafetensorsError, SafetensorsFile, save_file
@@ -40,7 +41,10 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 def resolve_checkpoint_dir(path_or_id: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise a Hub id, downloaded when the machine is online."""
+    """A local directory as is; an object-store URL (``gs://``, ``s3://``) as its copy in the local
+    cache (``storage.local_dir``); otherwise a Hub id, downloaded when the machine is online."""
+    if storage.is_url(path_or_id):
+        return storage.local_dir(path_or_id)
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
@@ -192,14 +196,31 @@ def save_pretrained(
     dtype=None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
+    sync_name: str | None = None,
 ) -> Path:
     """Writes config.json + safetensors that ``transformers`` loads as the family's
     ``*ForCausalLM`` (a LoRA model: merge it first, ``training.lora.merge_lora``).
 
     Tensors are gathered one at a time; files are written atomically. An existing checkpoint in
     ``out_dir`` is only replaced with ``overwrite=True``. In multi-process runs every process must
-    call this (gathers are collective); only process 0 writes.
+    call this (gathers are collective); only process 0 writes. An object-store ``out_dir`` is
+    written locally first and uploaded (config.json last), so a reader that finds config.json
+    finds the weights. ``sync_name``: the processes' barrier name, when ``out_dir`` differs
+    between them (a per-process staging directory).
     """
+    if storage.is_url(out_dir):
+        import tempfile
+
+        url = storage.path(out_dir)
+        if (url / "config.json").exists() and not overwrite:
+            raise FileExistsError(f"{url}: already holds a checkpoint (config.json); pass overwrite=True to replace it")
+        with tempfile.TemporaryDirectory(prefix="disrouter-save-") as tmp:
+            save_pretrained(model, Path(tmp) / "model", dtype=dtype, max_shard_bytes=max_shard_bytes,
+                            sync_name=sync_name or str(url))
+            if jax.process_index() == 0:
+                storage.upload_tree(Path(tmp) / "model", url, last=("config.json",))
+        storage.barrier(f"save_pretrained:{sync_name or url}:uploaded")
+        return url
     out_dir = Path(out_dir)
     config = model.config
     existing = [p.name for p in (out_dir / "config.json", out_dir / SINGLE_FILE, out_dir / INDEX_FILE)
@@ -263,7 +284,7 @@ def save_pretrained(
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(f"save_pretrained:{out_dir}")
+        multihost_utils.sync_global_devices(f"save_pretrained:{sync_name or out_dir}")
     return out_dir
 
 

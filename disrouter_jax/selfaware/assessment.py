@@ -20,12 +20,11 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
+from disrouter_jax import storage
 from disrouter_jax.agents import Agent
 from disrouter_jax.generation import generate
 from disrouter_jax.tasks.example import Example
@@ -144,7 +143,7 @@ def ensure_assessment(agent: Agent | Callable[[], Agent], examples: Sequence[Exa
     """:func:`assess_agent`, cached in ``path`` (JSON). A cached file is reused only when it covers
     the same queries and α; otherwise it is recomputed and replaced (it is derived, not trained).
     ``agent`` may be a zero-argument loader, called only when the cache cannot be used."""
-    path = Path(path)
+    path = storage.path(path)
     fingerprint = {"query_keys": sorted(f"{ex.task}/{ex.id}" for ex in examples),
                    "alphas": [float(a) for a in alphas]}
     if kwargs.get("reference_correct") is not None:
@@ -158,11 +157,8 @@ def ensure_assessment(agent: Agent | Callable[[], Agent], examples: Sequence[Exa
         agent = agent()
     result = assess_agent(agent, examples, alphas, **kwargs)
     result["fingerprint"] = fingerprint
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if jax.process_index() == 0:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+    if storage.is_writer():
+        storage.write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -19,11 +19,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from disrouter_jax import storage
 from disrouter_jax.tasks.prompts import REFUSAL
 
 logger = logging.getLogger(__name__)
@@ -134,18 +134,20 @@ def write_labels_jsonl(path: str | os.PathLike, records: Iterable[LabelRecord], 
     written to a temporary file in the same directory, fsynced and then renamed over ``path``, so a
     crash never leaves a half-written labels file under the final name.
     """
-    path = Path(path)
+    path = storage.path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if storage.is_url(path):
+        lines = [_label_line(path, record) for record in records]
+        storage.write_text(path, "".join(lines))  # one put: the object appears whole or not at all
+        return len(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for record in records:
-                if not isinstance(record, LabelRecord):
-                    raise TypeError(f"write_labels_jsonl({path}): expected LabelRecord, got {type(record).__name__}")
-                f.write(json.dumps(record.to_json_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+                f.write(_label_line(path, record))
                 count += 1
             f.flush()
             os.fsync(f.fileno())
@@ -157,16 +159,22 @@ def write_labels_jsonl(path: str | os.PathLike, records: Iterable[LabelRecord], 
     return count
 
 
+def _label_line(path, record) -> str:
+    if not isinstance(record, LabelRecord):
+        raise TypeError(f"write_labels_jsonl({path}): expected LabelRecord, got {type(record).__name__}")
+    return json.dumps(record.to_json_dict(), ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def read_labels_jsonl(path: str | os.PathLike) -> list[LabelRecord]:
     """Read records written by :func:`write_labels_jsonl`. Blank lines are skipped.
 
     Raises LabelFileError naming ``path:line`` for invalid JSON, unknown / missing fields or
     values that fail LabelRecord validation, and for duplicate (agent, task, query_id) keys.
     """
-    path = Path(path)
+    path = storage.path(path)
     records: list[LabelRecord] = []
     first_line_of: dict[tuple[str, str, str], int] = {}
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

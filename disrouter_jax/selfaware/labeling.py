@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from collections.abc import Sequence
 
+from disrouter_jax import storage
 from disrouter_jax.agents import Agent
 from disrouter_jax.generation import generate
 from disrouter_jax.selfaware.data import LabelRecord, read_labels_jsonl, write_labels_jsonl
@@ -87,8 +88,12 @@ def label_examples(agent: Agent, examples: Sequence[Example], cfg: LabelConfig, 
 def run_labelling(agent: Agent, examples: Sequence[Example], out_dir: str | Path, cfg: LabelConfig,
                   *, progress: bool | None = None) -> list[LabelRecord]:
     """Labels ``examples`` under ``out_dir``, reusing finished chunks; returns all records."""
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     final = out_dir / LABELS_FILE
+    # Every process labels every query (generation is collective on a multi-process mesh); only
+    # process 0 writes. The barriers keep another process from reading a chunk file that
+    # process 0 is about to delete, or missing one it has not written yet.
+    storage.barrier(f"labels:{out_dir}:start")
     if final.is_file():
         records = read_labels_jsonl(final)
         if len(records) == len(examples):
@@ -98,7 +103,6 @@ def run_labelling(agent: Agent, examples: Sequence[Example], out_dir: str | Path
             f"{final}: holds {len(records)} labels but this run has {len(examples)} training "
             "queries; use a fresh --workdir or delete the file"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     records: list[LabelRecord] = []
     reused = 0
     for start in range(0, len(examples), cfg.chunk_size):
@@ -113,12 +117,15 @@ def run_labelling(agent: Agent, examples: Sequence[Example], out_dir: str | Path
             raise ValueError(f"{part}: labels for other queries than this chunk; delete it to relabel")
         # The chunk index offsets the seed so a resumed run samples exactly what it would have.
         chunk_records = label_examples(agent, chunk, cfg, seed_offset=start, progress=progress)
-        write_labels_jsonl(part, chunk_records)
+        if storage.is_writer():
+            write_labels_jsonl(part, chunk_records)
         records.extend(chunk_records)
     if reused:
         logger.info("%s: labelling resumed, %d of %d chunks reused from %s", agent.name, reused,
                     -(-len(examples) // cfg.chunk_size), out_dir)
-    write_labels_jsonl(final, records)
-    for part in out_dir.glob("labels.part*.jsonl"):
-        part.unlink()
+    if storage.is_writer():
+        write_labels_jsonl(final, records)
+        for part in out_dir.glob("labels.part*.jsonl"):
+            part.unlink()
+    storage.barrier(f"labels:{out_dir}:written")
     return records

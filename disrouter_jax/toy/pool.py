@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from disrouter_jax import storage
 from disrouter_jax import runtime
 from disrouter_jax.models import hf_io
 from disrouter_jax.toy import tasks as toy_tasks
@@ -382,6 +383,9 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
     `PoolError` unless `overwrite=True`, which rebuilds only what differs.
     """
     config = PoolConfig() if config is None else config
+    if storage.is_url(out_dir):
+        return _build_pool_on_store(storage.path(out_dir), config, progress=progress, overwrite=overwrite,
+                                    workers=workers)
     out_dir = Path(out_dir)
     config_hash = config.fingerprint()
     manifest_path = out_dir / POOL_FILE
@@ -451,8 +455,29 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
     return load_pool(out_dir)
 
 
+def _build_pool_on_store(url, config: PoolConfig, **kwargs) -> Pool:
+    """A pool on an object store: built (or completed) in its local cache copy, then uploaded with
+    pool.json last, so a reader that finds the manifest finds every file it names."""
+    manifest_path = url / POOL_FILE
+    if manifest_path.is_file() and _read_json(manifest_path).get("config_hash") == config.fingerprint():
+        try:
+            return load_pool(url)
+        except (PoolError, FileNotFoundError) as err:
+            logger.info("pool %s is incomplete (%s); rebuilding what is missing", url, err)
+    local = storage.local_dir(url) if storage.exists(url) else storage.cache_dir_for(url)
+    build_pool(local, config, **kwargs)
+    storage.upload_tree(local, url, last=(POOL_FILE,))
+    return load_pool(url)
+
+
 def load_pool(out_dir: str | os.PathLike) -> Pool:
-    """Read `out_dir/pool.json` and check every agent directory it names is complete."""
+    """Read `out_dir/pool.json` and check every agent directory it names is complete. A pool on an
+    object store is read from its local cache copy (``storage.local_dir``): its paths are local."""
+    if storage.is_url(out_dir):
+        if not (storage.path(out_dir) / POOL_FILE).is_file():
+            raise FileNotFoundError(f"{out_dir}/{POOL_FILE}: no pool here; build one with "
+                                    f"`python -m disrouter_jax.toy build --out {out_dir}`")
+        out_dir = storage.local_dir(out_dir)
     out_dir = Path(out_dir)
     manifest_path = out_dir / POOL_FILE
     if not manifest_path.is_file():

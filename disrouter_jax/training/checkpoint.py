@@ -21,7 +21,6 @@ import dataclasses
 import math
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from disrouter_jax import storage
 from disrouter_jax.training.state import TrainState
 
 
@@ -156,7 +156,10 @@ class TrainCheckpointer:
     """
 
     def __init__(self, directory, *, max_to_keep: int | None = 3, save_interval_steps: int = 1, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        # Orbax speaks gs:// itself (epath + TensorStore's GCS driver); a local path is made absolute.
+        self.directory = storage.path(directory)
+        if not storage.is_url(self.directory):
+            self.directory = self.directory.absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             save_interval_steps=save_interval_steps,

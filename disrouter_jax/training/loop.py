@@ -17,6 +17,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
+from disrouter_jax import storage
 from disrouter_jax.training.checkpoint import PreemptionGuard, TrainCheckpointer, check_finite
 from disrouter_jax.training.metrics import MetricsWriter
 from disrouter_jax.training.state import TrainState
@@ -40,7 +41,7 @@ class LoopConfig:
 
 
 def is_done(workdir: str | Path) -> bool:
-    return (Path(workdir) / DONE_FILE).is_file()
+    return (storage.path(workdir) / DONE_FILE).is_file()
 
 
 def run_loop(
@@ -58,7 +59,7 @@ def run_loop(
     ``NonFiniteLossError`` (the train step already refused to apply that update); checkpoints
     written before it are kept.
     """
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     ckpt = TrainCheckpointer(
         workdir / "checkpoints",
         max_to_keep=cfg.max_to_keep,
@@ -100,5 +101,7 @@ def run_loop(
         ckpt.wait_until_finished()
     finally:
         ckpt.close()
-    (workdir / DONE_FILE).write_text(f"{cfg.total_steps}\n")
+    if storage.is_writer():
+        storage.write_text(workdir / DONE_FILE, f"{cfg.total_steps}\n")
+    storage.barrier(f"done:{workdir}")
     return state

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from disrouter_jax import storage
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -38,7 +42,7 @@ def _to_python(name: str, value: Any):
 def read_metrics(path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file (a torn last line from a crash is ignored)."""
     records = []
-    path = Path(path)
+    path = storage.path(path)
     if not path.exists():
         return records
     with path.open() as f:
@@ -65,23 +69,36 @@ class MetricsWriter:
 
     def __init__(self, workdir, *, resume_step: int | None = None, tensorboard: bool = True, enabled: bool | None = None):
         self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
-        self.path = Path(workdir) / METRICS_FILE
+        self.path = storage.join(workdir, METRICS_FILE)
         self._file = None
         self._tb = None
+        self._tb_upload = None  # object store: (local event directory, its URL)
+        self._remote = storage.is_url(self.path)
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._remote:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(int(resume_step))
-        self._file = self.path.open("a")
+        # An object store cannot append: each record rewrites the (small) object instead.
+        self._file = None if self._remote else self.path.open("a")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             purge = None if resume_step is None else int(resume_step) + 1
-            self._tb = SummaryWriter(logdir=str(self.path.parent / TENSORBOARD_DIR), purge_step=purge)
+            logdir = str(self.path.parent / TENSORBOARD_DIR)
+            if self._remote:
+                # tensorboardX writes local files; they are uploaded on flush and close.
+                local = tempfile.mkdtemp(prefix="disrouter-tb-")
+                self._tb_upload = (local, self.path.parent / TENSORBOARD_DIR)
+                logdir = local
+            self._tb = SummaryWriter(logdir=logdir, purge_step=purge)
 
     def _truncate_after(self, step: int) -> None:
         kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        if self._remote:
+            storage.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            return
         tmp = self.path.with_suffix(".jsonl.tmp")
         with tmp.open("w") as f:
             for record in kept:
@@ -97,8 +114,11 @@ class MetricsWriter:
             record[str(name)] = _to_python(str(name), value)
         if not self.enabled:
             return record
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._remote:
+            storage.append_text(self.path, json.dumps(record) + "\n")
+        else:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for name, value in record.items():
                 if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -110,6 +130,15 @@ class MetricsWriter:
             self._file.flush()
         if self._tb is not None:
             self._tb.flush()
+            self._upload_tensorboard()
+
+    def _upload_tensorboard(self) -> None:
+        if self._tb_upload is None:
+            return
+        local, url = self._tb_upload
+        for event_file in sorted(Path(local).rglob("*")):
+            if event_file.is_file():
+                storage.write_bytes(url / str(event_file.relative_to(local)), event_file.read_bytes())
 
     def close(self) -> None:
         if self._file is not None:
@@ -118,6 +147,10 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+            self._upload_tensorboard()
+            if self._tb_upload is not None:
+                shutil.rmtree(self._tb_upload[0], ignore_errors=True)
+                self._tb_upload = None
 
     def __enter__(self) -> "MetricsWriter":
         return self
