@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, child_xla_flags
 
 COSTS = (0.1, 0.5, 0.9)
 HOST = "127.0.0.1"
@@ -98,7 +98,9 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         env = dict(os.environ)
-        env.pop("XLA_FLAGS", None)  # the test session's 8 fake devices are not the server's
+        # One device (the session's 8 fake ones are not the server's) and the session's O0, which
+        # the offline engine its replies are compared with compiles at too.
+        env["XLA_FLAGS"] = child_xla_flags()
         env["PYTHONPATH"] = str(PROJECT_ROOT)
         if compilation_cache is not None:
             env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
