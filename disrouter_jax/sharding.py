@@ -139,6 +139,25 @@ class ShardingContext:
             x, named_sharding(logical_axes, x.shape, self.mesh, self.rules)
         )
 
+    def gather_weight(self, w: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+        """A weight as its matmul consumes it: split over the tensor axes as stored, whole over the
+        mesh axes that split the batch (FSDP's all-gather at use; its gradient, a reduce-scatter).
+
+        Left to itself the partitioner is free to pick another plan per op: on the (data 2, fsdp 2,
+        tensor 2) mesh it computed the embedding gather with the table's embed split over fsdp and
+        then had to "replicate the tensor and then partition it" to reach the batch-split
+        activations (an all-gather of every activation over all 8 devices), and with 7 query heads
+        it moved weight shards around with collective-permutes instead of gathering them.
+        """
+        batch_axes = set(dict(self.rules).get("batch", ()))
+        spec = logical_to_spec(logical_axes, w.shape, self.mesh, self.rules)
+        kept = []
+        for entry in spec:
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            axes = tuple(a for a in axes if a not in batch_axes)
+            kept.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return jax.lax.with_sharding_constraint(w, NamedSharding(self.mesh, PartitionSpec(*kept)))
+
 
 def freeze_rules(rules: Rules | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if rules is None:
@@ -149,3 +168,8 @@ def freeze_rules(rules: Rules | None) -> tuple[tuple[str, tuple[str, ...]], ...]
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
     """Sharding hint for an activation; a no-op without a mesh."""
     return x if ctx is None else ctx.constrain(x, logical_axes)
+
+
+def gather_weight(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
+    """``ShardingContext.gather_weight``; a no-op without a mesh."""
+    return x if ctx is None else ctx.gather_weight(x, logical_axes)

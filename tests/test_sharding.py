@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -53,3 +54,17 @@ def test_unknown_logical_axis_raises():
     m = mesh(data=2, fsdp=2, tensor=2)
     with pytest.raises(KeyError, match="no rule"):
         sharding.logical_to_spec(("nonsense",), (4,), m)
+
+
+def test_weights_are_gathered_over_the_batch_axes_only_at_use():
+    m = mesh(data=2, fsdp=2, tensor=2)
+    ctx = sharding.ShardingContext(m)
+    w = jax.device_put(jnp.zeros((16, 4, 8)), sharding.named_sharding(("embed", "heads", "head_dim"), (16, 4, 8), m))
+    assert w.sharding.spec == P("fsdp", "tensor", None)
+    used = jax.jit(lambda w: ctx.gather_weight(w, ("embed", "heads", "head_dim")))(w)
+    assert used.sharding.is_equivalent_to(jax.sharding.NamedSharding(m, P(None, "tensor")), 3)
+    # Rules that put batch on tensor too gather a weight over tensor as well.
+    rules = tuple((n, ("data", "fsdp", "tensor") if n == "batch" else a) for n, a in sharding.DEFAULT_RULES)
+    wide = sharding.ShardingContext(m, rules)
+    assert jax.jit(lambda w: wide.gather_weight(w, ("embed", "heads", "head_dim")))(w).sharding.is_fully_replicated
+    assert sharding.gather_weight(w, ("embed", "heads", "head_dim"), None) is w

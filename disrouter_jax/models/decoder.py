@@ -25,7 +25,7 @@ from disrouter_jax.models.attention import (Attention, attention, causal_slots_t
                                             resolve_attention_impl)
 from disrouter_jax.models.config import ModelConfig
 from disrouter_jax.models.kv_cache import KVCache
-from disrouter_jax.models.layers import MLP, RMSNorm, param, rows_matmul
+from disrouter_jax.models.layers import MLP, RMSNorm, param, rows_matmul, use
 from disrouter_jax.sharding import ShardingContext, constrain
 
 
@@ -83,7 +83,10 @@ class Decoder(nnx.Module):
             )
 
     def embed(self, input_ids_bt):
-        x = jnp.take(self.embedding_vd[...], input_ids_bt, axis=0).astype(self.dtype)
+        # The table stays split over vocab (each tensor shard looks up its own rows; the partitioner
+        # sums them) and is whole over the batch's axes, so the rows come out batch-split.
+        table_vd = use(self.embedding_vd, self.embedding_vd[...].dtype, self.sharding)
+        x = jnp.take(table_vd, input_ids_bt, axis=0).astype(self.dtype)
         return constrain(x, ("batch", "length", "embed"), self.sharding)
 
     def tied_head_dv(self):
@@ -93,7 +96,7 @@ class Decoder(nnx.Module):
         transpose back into the head's matmul."""
         if not self.config.tie_word_embeddings:
             raise ValueError("tied_head_dv: the model has an untied lm_head_dv already [D, V]")
-        return jax.lax.optimization_barrier(self.embedding_vd[...].astype(self.dtype).T)
+        return jax.lax.optimization_barrier(use(self.embedding_vd, self.dtype, self.sharding).T)
 
     def logits(self, x_btd, head_dv=None):
         """Final norm + LM head; float32 logits. ``head_dv``: a ``[D, V]`` head (``tied_head_dv``).
@@ -112,10 +115,10 @@ class Decoder(nnx.Module):
         if head_dv is not None:
             logits = jnp.einsum("btd,dv->btv", x_btd, head_dv, preferred_element_type=out_dtype)
         elif self.config.tie_word_embeddings:
-            head = self.embedding_vd[...].astype(self.dtype)
+            head = use(self.embedding_vd, self.dtype, self.sharding)
             logits = jnp.einsum("btd,vd->btv", x_btd, head, preferred_element_type=out_dtype)
         else:
-            logits = rows_matmul(x_btd, self.lm_head_dv[...].astype(self.dtype), out_dtype)
+            logits = rows_matmul(x_btd, use(self.lm_head_dv, self.dtype, self.sharding), out_dtype)
         logits = logits.astype(jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"), self.sharding)
 
