@@ -260,6 +260,8 @@ class _Placement:
 
     def __init__(self, model, mesh):
         ctx = model.sharding
+        if mesh is not None:
+            mesh = sharding_lib.auto_mesh(mesh)  # as the model's (ShardingContext)
         if ctx is not None and mesh is not None and mesh != ctx.mesh:
             raise ValueError("generate(mesh=...) differs from the mesh the model was loaded on; "
                              "load the model with that mesh or pass mesh=None")

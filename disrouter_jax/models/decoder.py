@@ -82,6 +82,13 @@ class Decoder(nnx.Module):
                 rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype
             )
 
+    def _adopt(self, *arrays):
+        """Eager inputs placed on the Explicit mesh the model was loaded with, moved onto the
+        model's Auto twin (``sharding.auto_mesh``): JAX refuses to mix the two in one op."""
+        if self.sharding is None:
+            return arrays
+        return tuple(self.sharding.adopt(x) for x in arrays)
+
     def embed(self, input_ids_bt):
         # The table stays split over vocab (each tensor shard looks up its own rows; the partitioner
         # sums them) and is whole over the batch's axes, so the rows come out batch-split.
@@ -124,6 +131,7 @@ class Decoder(nnx.Module):
 
     def hidden_states(self, input_ids_bt, positions_bt=None, attention_mask_bt=None):
         """Decoder output before the final norm, ``[B, T, D]``."""
+        input_ids_bt, positions_bt, attention_mask_bt = self._adopt(input_ids_bt, positions_bt, attention_mask_bt)
         b, t = input_ids_bt.shape
         if attention_mask_bt is None:
             allowed_bts = None  # plain causal: lets the fused kernel take it
@@ -145,6 +153,7 @@ class Decoder(nnx.Module):
     def extend(self, input_ids_bt, positions_bt, attention_mask_bt, cache: KVCache, head_dv=None):
         """Appends ``T`` tokens to the cache and returns their logits and the new cache
         (``head_dv``: see ``tied_head_dv``)."""
+        input_ids_bt, positions_bt, attention_mask_bt = self._adopt(input_ids_bt, positions_bt, attention_mask_bt)
         b, t = input_ids_bt.shape
         start = cache.end
         valid_bs = jax.lax.dynamic_update_slice(
