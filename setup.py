@@ -28,5 +28,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "torch==2.13.0", "openai", "httpx"],
+        # The benchmarks' JAX contender (benchmarks/tunix_contender.py). google-tunix 0.1.7 pins
+        # safetensors<0.8 and so asks pip for an older transformers; on such a resolve install it
+        # with --no-deps plus the few modules its Qwen2 and Sampler import (the list below).
+        "bench": ["google-tunix>=0.1.7", "google-metrax", "jaxtyping", "einops", "perfetto"],
     },
 )
