@@ -202,7 +202,7 @@ def parse_args(argv):
         engines = ["jax"]
     if "jax" not in engines:
         engines.insert(0, "jax")  # the tokens every other engine is checked against
-    args.engine_list = engines
+    args.engine_list = engines  # the order they run in
     return args
 
 
@@ -333,15 +333,17 @@ def main(argv=None) -> dict:
         runs = {engine: spawn(engine, argv, ckpt, Path(tmp)) for engine in engines}
     result["cpu_load_average_1min_after"] = os.getloadavg()[0]
     ours = runs["jax"]
+    others = [e for e in engines if e != "jax"]
+    result["others"] = others
     result.update({k: v for k, v in ours.items() if k != "rows"})
-    for engine in engines[1:]:
+    for engine in others:
         result.update({k: v for k, v in runs[engine].items() if k != "rows"})
     mismatches = []
     for batch in args.batch_list:
         row = {"batch": batch}
         want = ours["rows"][str(batch)].pop("tokens")
         row.update(ours["rows"][str(batch)])
-        for engine in engines[1:]:
+        for engine in others:
             theirs = runs[engine]["rows"][str(batch)]
             got = theirs.pop("tokens")
             row.update(theirs)
@@ -360,13 +362,13 @@ def main(argv=None) -> dict:
 
 
 def print_table(result: dict) -> None:
-    engines = result["engines"]
+    engines, others = result["engines"], result["others"]
     print(f"\n{result['device_kind']} ({result['jax_backend']}), {result['dtype']}, "
           f"{result['num_params'] / 1e6:.1f}M params, {result['max_new_tokens']} new tokens, "
-          f"engines {', '.join(engines)} (each in its own process), load average "
+          f"engines {', '.join(engines)} (in this order, each in its own process), load average "
           f"{result['cpu_load_average_1min']:.1f} before, {result['cpu_load_average_1min_after']:.1f} after")
     header = f"{'batch':>5} {'jax tok/s':>10}"
-    for engine in engines[1:]:
+    for engine in others:
         header += f" {engine + ' tok/s':>11} {'vs ' + engine:>8}"
     header += f" {'step ms':>8} {'GEMM ms':>8} {'roofline':>8} {'GFLOP/s':>8} {'GB/s':>7}"
     if result["peak_bandwidth_bytes_per_s"]:
@@ -374,7 +376,7 @@ def print_table(result: dict) -> None:
     print(header)
     for row in result["rows"]:
         line = f"{row['batch']:>5} {row['jax_tokens_per_s']:>10.1f}"
-        for engine in engines[1:]:
+        for engine in others:
             same = "" if row[f"{engine}_tokens_equal"] else "!"
             line += f" {row[f'{engine}_tokens_per_s']:>10.1f}{same or ' '} {row[f'speedup_vs_{engine}']:>7.2f}x"
         line += (f" {row['jax_decode_step_ms']:>8.2f} {row['decode_matmuls_ms']:>8.2f} "

@@ -214,6 +214,7 @@ def main(argv=None) -> dict:
     env = harness.environment()
     peak = harness.lookup(harness.PEAK_BF16_FLOPS, env["device_kind"]) if env["jax_backend"] != "cpu" else None
     tokens = args.batch * args.length
+    others = [e for e in engines if e != "jax"]  # engines run in the order given
     rows, mismatches = [], []
     load_before = os.getloadavg()[0]
     for size in args.sizes.split(","):
@@ -230,7 +231,7 @@ def main(argv=None) -> dict:
                    "flops_per_step": flops, "jax_tflops_per_s": flops / t_jax / 1e12}
             if peak:
                 row["mfu"] = flops / t_jax / peak
-            for engine in engines[1:]:
+            for engine in others:
                 theirs = runs[engine][kind]
                 row.update({f"{engine}_step_s": theirs["step_s"], f"{engine}_tokens_per_s": tokens / theirs["step_s"],
                             f"{engine}_first_loss": theirs["first_loss"],
@@ -242,7 +243,7 @@ def main(argv=None) -> dict:
                                       f"vs ours {row['jax_first_loss']:.6f}")
             rows.append(row)
             print(row, file=sys.stderr)
-    result = {**env, "dtype": args.dtype, "batch": args.batch, "length": args.length, "engines": engines,
+    result = {**env, "dtype": args.dtype, "batch": args.batch, "length": args.length, "engines": engines, "others": others,
               "torch_device": runs.get("torch", {}).get("torch_device"),
               "torch_threads": runs.get("torch", {}).get("torch_threads"),
               "cpu_load_average_1min": load_before, "cpu_load_average_1min_after": os.getloadavg()[0],
@@ -255,19 +256,19 @@ def main(argv=None) -> dict:
 
 
 def print_table(result: dict) -> None:
-    engines = result["engines"]
+    engines, others = result["engines"], result["others"]
     print(f"\n{result['device_kind']} ({result['jax_backend']}), {result['dtype']}, batch "
-          f"{result['batch']} x {result['length']} tokens, engines {', '.join(engines)} (each in its own "
+          f"{result['batch']} x {result['length']} tokens, engines {', '.join(engines)} (in this order, each in its own "
           f"process; torch on {result['torch_device']}, {result['torch_threads']} threads), load average "
           f"{result['cpu_load_average_1min']:.1f} before, {result['cpu_load_average_1min_after']:.1f} after")
     header = f"{'size':>13} {'kind':>4} {'attn':>5} {'params':>8} {'jax tok/s':>10}"
-    for engine in engines[1:]:
+    for engine in others:
         header += f" {engine + ' tok/s':>11} {'vs ' + engine:>8}"
     print(header + f" {'TFLOP/s':>8} {'MFU':>6}")
     for r in result["rows"]:
         mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
         line = f"{r['size']:>13} {r['kind']:>4} {r.get('attention', '?'):>5} {r['params'] / 1e6:>7.1f}M {r['jax_tokens_per_s']:>10.0f}"
-        for engine in engines[1:]:
+        for engine in others:
             line += f" {r[f'{engine}_tokens_per_s']:>11.0f} {r[f'speedup_vs_{engine}']:>7.2f}x"
         print(line + f" {r['jax_tflops_per_s']:>8.3f} {mfu}")
 

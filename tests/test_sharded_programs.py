@@ -36,6 +36,7 @@ from flax import nnx
 from disrouter_jax import sharding
 from disrouter_jax.generation import engine, sampling
 from disrouter_jax.models import hf_io
+from disrouter_jax.training.sft import make_sft_step
 from disrouter_jax.training.state import create_train_state
 
 from .training.conftest import SFT_OPTIM, sft_batch
@@ -128,15 +129,10 @@ def compile_programs(ckpt, mesh) -> tuple[dict[str, str], str]:
                 buffer_length=NEW, mode=sampling.SamplingMode.from_params(0.0, 0, 1.0), early_stop=None,
             )).as_text()
             train = create_train_state(model, SFT_OPTIM)
-            hlo["sft_step"] = fast_compile(train_step_lowered(train, sft_batch(rows=BATCH, vocab=vocab))).as_text()
+            step = make_sft_step(SFT_OPTIM)
+            hlo["sft_step"] = fast_compile(step.lower(train, sft_batch(rows=BATCH, vocab=vocab))).as_text()
         logged = open(log.name, errors="replace").read()
     return hlo, logged
-
-
-def train_step_lowered(state, batch):
-    from disrouter_jax.training.sft import make_sft_step
-
-    return make_sft_step(SFT_OPTIM).lower(state, batch)
 
 
 # (kind, devices per group) -> non-scalar operands, for L layers.
