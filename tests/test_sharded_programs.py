@@ -158,9 +158,9 @@ PLANS = {
             # The loop body: weights gathered once per step as in the forward.
             ("all-gather", 2): 7 * L + 2,
             # Per layer as the forward; the lookup; the greedy pick and its log-prob over the
-            # vocabulary's shards: argmax (max, first index of it), log-softmax (max, sum of
-            # exponentials), the picked logit.
-            ("all-reduce", 2): 2 * L + 1 + 5,
+            # vocabulary's shards: one max (shared, sampling.greedy_tokens), the first index
+            # holding it, the sum of exponentials, the picked logit.
+            ("all-reduce", 2): 2 * L + 1 + 4,
         },
         "sft_step": {
             ("all-gather", 2): 7 * L + 2,  # gathered in the forward, kept for the backward
@@ -178,7 +178,7 @@ PLANS = {
     (1, 1, 8): {
         "forward": {("all-reduce", 8): L + 1},
         "prefill": {("all-gather", 8): 1, ("all-reduce", 8): 2 * (L + 1) - 1},
-        "decode": {("all-reduce", 8): L + 1 + 5},
+        "decode": {("all-reduce", 8): L + 1 + 4},
         "sft_step": {("all-reduce", 8): (L + 1) + 2 * L + 1 + 5},
     },
 }
