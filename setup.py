@@ -37,5 +37,9 @@ setup(
         # aiohttp: benchmarks/serve.py's load generator; the object-store tests serve a real GCS
         # JSON API on 127.0.0.1 (gcp-storage-emulator).
         "test": ["pytest", "torch==2.13.0", "openai", "httpx", "aiohttp", "gcsfs", "gcp-storage-emulator"],
+        # The benchmarks' JAX contender (benchmarks/tunix_contender.py). google-tunix 0.1.7 pins
+        # safetensors<0.8 and so asks pip for an older transformers; on such a resolve install it
+        # with --no-deps plus the few modules its Qwen2 and Sampler import (the list below).
+        "bench": ["google-tunix>=0.1.7", "google-metrax", "jaxtyping", "einops", "perfetto"],
     },
 )

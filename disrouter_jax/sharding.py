@@ -88,6 +88,31 @@ def make_mesh(config: MeshConfig | Mapping[str, int] | None = None, devices=None
 Rules = Sequence[tuple[str, Sequence[str]]]
 
 
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis of type Auto (the same devices in the same order).
+
+    ``jax.make_mesh`` makes Explicit axes by default, under which an array's sharding is part of
+    its type: an eager forward then failed in the embedding gather (``ShardingTypeError``) and
+    ``with_sharding_constraint`` refuses Explicit axes. The model's plan is hints that the
+    compiler propagates (Auto), so a model loaded on such a mesh lives on its Auto twin.
+    """
+    if all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+
+
+def check_mesh_axes(mesh: Mesh, rules: Rules | None = None) -> None:
+    """ValueError unless ``mesh`` has every mesh axis the rules name."""
+    named = {axis for _, axes in (DEFAULT_RULES if rules is None else rules) for axis in axes}
+    missing = sorted(named - set(mesh.axis_names))
+    if missing:
+        raise ValueError(
+            f"mesh axes {tuple(mesh.axis_names)} lack {missing}, which the sharding rules use; "
+            f"pass a mesh from disrouter_jax.sharding.make_mesh, or jax.make_mesh(shape, {MESH_AXES}) "
+            f"(a size-1 axis where there is nothing to split)"
+        )
+
+
 def logical_to_spec(
     logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules | None = None
 ) -> PartitionSpec:
@@ -134,9 +159,53 @@ class ShardingContext:
     mesh: Mesh
     rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
 
+    def __post_init__(self):
+        check_mesh_axes(self.mesh, self.rules)
+        object.__setattr__(self, "mesh", auto_mesh(self.mesh))
+
+    def adopt(self, x):
+        """An array placed on this mesh's Explicit twin (same devices, Explicit axes), moved onto
+        this mesh with the same spec (each device keeps its shard); anything else as it is."""
+        sharding = getattr(x, "sharding", None)
+        if (isinstance(x, jax.core.Tracer) or not isinstance(sharding, NamedSharding)
+                or sharding.mesh == self.mesh or auto_mesh(sharding.mesh) != self.mesh):
+            return x
+        return jax.device_put(x, NamedSharding(self.mesh, sharding.spec))
+
     def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+        _check_context_mesh()
         return jax.lax.with_sharding_constraint(
             x, named_sharding(logical_axes, x.shape, self.mesh, self.rules)
+        )
+
+    def gather_weight(self, w: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+        """A weight as its matmul consumes it: split over the tensor axes as stored, whole over the
+        mesh axes that split the batch (FSDP's all-gather at use; its gradient, a reduce-scatter).
+
+        Left to itself the partitioner is free to pick another plan per op: on the (data 2, fsdp 2,
+        tensor 2) mesh it computed the embedding gather with the table's embed split over fsdp and
+        then had to "replicate the tensor and then partition it" to reach the batch-split
+        activations (an all-gather of every activation over all 8 devices), and with 7 query heads
+        it moved weight shards around with collective-permutes instead of gathering them.
+        """
+        _check_context_mesh()
+        batch_axes = set(dict(self.rules).get("batch", ()))
+        spec = logical_to_spec(logical_axes, w.shape, self.mesh, self.rules)
+        kept = []
+        for entry in spec:
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            axes = tuple(a for a in axes if a not in batch_axes)
+            kept.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return jax.lax.with_sharding_constraint(w, NamedSharding(self.mesh, PartitionSpec(*kept)))
+
+
+def _check_context_mesh() -> None:
+    context = jax.sharding.get_abstract_mesh()
+    if not context.empty and context.explicit_axes:
+        raise ValueError(
+            f"the model runs under a mesh context with Explicit axes {context.explicit_axes} "
+            "(jax.set_mesh / jax.sharding.use_mesh), where its sharding hints would be assertions; "
+            "call it outside that context: the model carries its own mesh (model.sharding.mesh)"
         )
 
 
@@ -149,3 +218,8 @@ def freeze_rules(rules: Rules | None) -> tuple[tuple[str, tuple[str, ...]], ...]
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
     """Sharding hint for an activation; a no-op without a mesh."""
     return x if ctx is None else ctx.constrain(x, logical_axes)
+
+
+def gather_weight(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
+    """``ShardingContext.gather_weight``; a no-op without a mesh."""
+    return x if ctx is None else ctx.gather_weight(x, logical_axes)

@@ -1,4 +1,6 @@
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -53,3 +55,39 @@ def test_unknown_logical_axis_raises():
     m = mesh(data=2, fsdp=2, tensor=2)
     with pytest.raises(KeyError, match="no rule"):
         sharding.logical_to_spec(("nonsense",), (4,), m)
+
+
+def test_weights_are_gathered_over_the_batch_axes_only_at_use():
+    m = mesh(data=2, fsdp=2, tensor=2)
+    ctx = sharding.ShardingContext(m)
+    w = jax.device_put(jnp.zeros((16, 4, 8)), sharding.named_sharding(("embed", "heads", "head_dim"), (16, 4, 8), m))
+    assert w.sharding.spec == P("fsdp", "tensor", None)
+    used = jax.jit(lambda w: ctx.gather_weight(w, ("embed", "heads", "head_dim")))(w)
+    assert used.sharding.is_equivalent_to(jax.sharding.NamedSharding(m, P(None, "tensor")), 3)
+    # Rules that put batch on tensor too gather a weight over tensor as well.
+    rules = tuple((n, ("data", "fsdp", "tensor") if n == "batch" else a) for n, a in sharding.DEFAULT_RULES)
+    wide = sharding.ShardingContext(m, rules)
+    assert jax.jit(lambda w: wide.gather_weight(w, ("embed", "heads", "head_dim")))(w).sharding.is_fully_replicated
+    assert sharding.gather_weight(w, ("embed", "heads", "head_dim"), None) is w
+
+
+def test_a_mesh_made_by_jax_with_explicit_axes_is_accepted(tiny_checkpoint):
+    from disrouter_jax.models import hf_io
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    explicit = jax.make_mesh((2, 2, 2), sharding.MESH_AXES)  # jax's default axis types
+    assert explicit.are_all_axes_explicit
+    ckpt = tiny_checkpoint("gqa2")
+    model = hf_io.from_pretrained(ckpt, mesh=explicit)
+    assert model.sharding.mesh == sharding.auto_mesh(explicit) and model.sharding.mesh.are_all_axes_auto
+    ids = np.random.default_rng(0).integers(0, 97, (4, 6)).astype(np.int32)
+    want = np.asarray(hf_io.from_pretrained(ckpt)(jnp.asarray(ids)))
+    # Eager (op by op), from host ids and from ids placed on the Explicit mesh itself.
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), want, atol=1e-5)
+    placed = jax.device_put(ids, jax.sharding.NamedSharding(explicit, P(("data", "fsdp"))))
+    np.testing.assert_allclose(np.asarray(model(placed)), want, atol=1e-5)
+    with jax.set_mesh(explicit), pytest.raises(ValueError, match="Explicit axes"):
+        model(jnp.asarray(ids))
+    with pytest.raises(ValueError, match=r"lack \['fsdp', 'tensor'\].*jax.make_mesh\(shape, \('data', 'fsdp', 'tensor'\)\)"):
+        hf_io.from_pretrained(ckpt, mesh=jax.make_mesh((2, 4), ("data", "model")))

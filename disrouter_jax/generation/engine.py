@@ -126,11 +126,12 @@ def _decode(
     head_dv = decode_head(model)  # made once, outside the loop
 
     def choose(logits_bv, step):
+        if mode.greedy:  # temperature 0: documented as the temperature-1 log-probs
+            tokens_b, logprobs_b = sampling.greedy_tokens(logits_bv)
+            return tokens_b, logprobs_b, logprobs_b
         keys = None if keys_b is None else sampling.step_keys(keys_b, step)
         tokens_b = sampling.sample_tokens(logits_bv, keys, temperature, top_p, mode)
         logprobs_b = sampling.token_logprobs(logits_bv, tokens_b)
-        if mode.greedy:  # temperature 0: documented as the temperature-1 log-probs
-            return tokens_b, logprobs_b, logprobs_b
         # One more log-softmax over the vocabulary: cheap next to the LM head's matmul.
         return tokens_b, logprobs_b, sampling.token_logprobs(logits_bv / temperature, tokens_b)
 
@@ -277,6 +278,8 @@ class _Placement:
 
     def __init__(self, model, mesh):
         ctx = model.sharding
+        if mesh is not None:
+            mesh = sharding_lib.auto_mesh(mesh)  # as the model's (ShardingContext)
         if ctx is not None and mesh is not None and mesh != ctx.mesh:
             raise ValueError("generate(mesh=...) differs from the mesh the model was loaded on; "
                              "load the model with that mesh or pass mesh=None")

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from disrouter_jax.models.layers import param, rms_normalize, rope_inv_freq, rotary_embedding
+from disrouter_jax.models.layers import param, rms_normalize, rope_inv_freq, rotary_embedding, use
 from disrouter_jax.sharding import constrain
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -129,7 +129,7 @@ class Attention(nnx.Module):
         self.sharding = sharding
 
     def project_qkv(self, x_btd, positions_bt):
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        w = lambda p: use(p, self.dtype, self.sharding)  # noqa: E731
         q = jnp.einsum("btd,dnh->btnh", x_btd, w(self.q_weight_dnh))
         k = jnp.einsum("btd,dkh->btkh", x_btd, w(self.k_weight_dkh))
         v = jnp.einsum("btd,dkh->btkh", x_btd, w(self.v_weight_dkh))
@@ -151,7 +151,7 @@ class Attention(nnx.Module):
         path keeps the einsum: the other form sums in another order, and the toy pool's
         pre-training amplifies that rounding into different agents (toy-xl held-out 0.79 -> 0.67).
         """
-        w = self.o_weight_nhd[...].astype(self.dtype)
+        w = use(self.o_weight_nhd, self.dtype, self.sharding)
         if flat:
             b, t = attn_btnh.shape[:2]
             out = attn_btnh.reshape(b, t, -1) @ w.reshape(-1, w.shape[-1])

@@ -25,7 +25,7 @@ from disrouter_jax.models.attention import (Attention, attention, causal_slots_t
                                             resolve_attention_impl)
 from disrouter_jax.models.config import ModelConfig
 from disrouter_jax.models.kv_cache import KVCache
-from disrouter_jax.models.layers import MLP, RMSNorm, param, rows_matmul
+from disrouter_jax.models.layers import MLP, RMSNorm, param, rows_matmul, use
 from disrouter_jax.sharding import ShardingContext, constrain
 
 
@@ -82,8 +82,18 @@ class Decoder(nnx.Module):
                 rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype
             )
 
+    def _adopt(self, *arrays):
+        """Eager inputs placed on the Explicit mesh the model was loaded with, moved onto the
+        model's Auto twin (``sharding.auto_mesh``): JAX refuses to mix the two in one op."""
+        if self.sharding is None:
+            return arrays
+        return tuple(self.sharding.adopt(x) for x in arrays)
+
     def embed(self, input_ids_bt):
-        x = jnp.take(self.embedding_vd[...], input_ids_bt, axis=0).astype(self.dtype)
+        # The table stays split over vocab (each tensor shard looks up its own rows; the partitioner
+        # sums them) and is whole over the batch's axes, so the rows come out batch-split.
+        table_vd = use(self.embedding_vd, self.embedding_vd[...].dtype, self.sharding)
+        x = jnp.take(table_vd, input_ids_bt, axis=0).astype(self.dtype)
         return constrain(x, ("batch", "length", "embed"), self.sharding)
 
     def tied_head_dv(self):
@@ -93,7 +103,7 @@ class Decoder(nnx.Module):
         transpose back into the head's matmul."""
         if not self.config.tie_word_embeddings:
             raise ValueError("tied_head_dv: the model has an untied lm_head_dv already [D, V]")
-        return jax.lax.optimization_barrier(self.embedding_vd[...].astype(self.dtype).T)
+        return jax.lax.optimization_barrier(use(self.embedding_vd, self.dtype, self.sharding).T)
 
     def logits(self, x_btd, head_dv=None):
         """Final norm + LM head; float32 logits. ``head_dv``: a ``[D, V]`` head (``tied_head_dv``).
@@ -112,15 +122,16 @@ class Decoder(nnx.Module):
         if head_dv is not None:
             logits = jnp.einsum("btd,dv->btv", x_btd, head_dv, preferred_element_type=out_dtype)
         elif self.config.tie_word_embeddings:
-            head = self.embedding_vd[...].astype(self.dtype)
+            head = use(self.embedding_vd, self.dtype, self.sharding)
             logits = jnp.einsum("btd,vd->btv", x_btd, head, preferred_element_type=out_dtype)
         else:
-            logits = rows_matmul(x_btd, self.lm_head_dv[...].astype(self.dtype), out_dtype)
+            logits = rows_matmul(x_btd, use(self.lm_head_dv, self.dtype, self.sharding), out_dtype)
         logits = logits.astype(jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"), self.sharding)
 
     def hidden_states(self, input_ids_bt, positions_bt=None, attention_mask_bt=None):
         """Decoder output before the final norm, ``[B, T, D]``."""
+        input_ids_bt, positions_bt, attention_mask_bt = self._adopt(input_ids_bt, positions_bt, attention_mask_bt)
         b, t = input_ids_bt.shape
         if attention_mask_bt is None:
             allowed_bts = None  # plain causal: lets the fused kernel take it
@@ -142,6 +153,7 @@ class Decoder(nnx.Module):
     def extend(self, input_ids_bt, positions_bt, attention_mask_bt, cache: KVCache, head_dv=None):
         """Appends ``T`` tokens to the cache and returns their logits and the new cache
         (``head_dv``: see ``tied_head_dv``)."""
+        input_ids_bt, positions_bt, attention_mask_bt = self._adopt(input_ids_bt, positions_bt, attention_mask_bt)
         b, t = input_ids_bt.shape
         start = cache.end
         valid_bs = jax.lax.dynamic_update_slice(

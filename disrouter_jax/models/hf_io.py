@@ -126,7 +126,7 @@ def from_pretrained(
         variable = variables[model_path]
         target = variable.get_value()
         array = rule.to_model(located[name].get(name), target.shape).astype(target.dtype)
-        variable.set_value(_place(array, variable, mesh, rules))
+        variable.set_value(_place(array, variable, None if ctx is None else ctx.mesh, rules))
     return nnx.merge(graphdef, state)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from disrouter_jax.models.config import Llama3RopeScaling
-from disrouter_jax.sharding import ShardingContext, constrain
+from disrouter_jax.sharding import ShardingContext, constrain, gather_weight
 
 
 def param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> nnx.Param:
@@ -26,6 +26,12 @@ def param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> nn
     else:
         value = jnp.zeros(shape, dtype)
     return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def use(p: nnx.Variable, dtype, sharding: ShardingContext | None):
+    """A parameter's value in ``dtype``, gathered over the batch's mesh axes for its matmul
+    (``ShardingContext.gather_weight``); cast first, so a bfloat16 model moves bfloat16."""
+    return gather_weight(p[...].astype(dtype), p.get_metadata()["logical_axes"], sharding)
 
 
 def rms_normalize(x, scale, eps: float):
@@ -99,7 +105,7 @@ class MLP(nnx.Module):
         self.sharding = sharding
 
     def __call__(self, x_btd):
-        w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+        w = lambda p: use(p, self.dtype, self.sharding)  # noqa: E731
         gate = rows_matmul(x_btd, w(self.gate_weight_df))
         up = rows_matmul(x_btd, w(self.up_weight_df))
         hidden_btf = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), self.sharding)

@@ -285,6 +285,13 @@ def build_train_step(
         params, opt_state, metrics = jitted_for(state)(state.params, state.opt_state, state.frozen, batch)
         return state.replace(params=params, opt_state=opt_state), metrics
 
+    def lower(state: TrainState, batch):
+        """The step's program for ``state`` and ``batch``'s shapes, lowered, not run
+        (``.compile().as_text()``: the HLO a step runs, collectives included)."""
+        batch = shard_batch(batch, state.sharding)
+        return jitted_for(state).lower(state.params, state.opt_state, state.frozen, batch)
+
     step.__name__ = name
     step.compiled = compiled
+    step.lower = lower
     return step

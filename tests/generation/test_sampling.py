@@ -113,3 +113,17 @@ def test_samples_are_jax_random_categorical_draws(top_k):
         expected = jnp.take_along_axis(ids, expected[:, None], axis=-1)[:, 0]
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(np.asarray(got))) > 1
+
+
+def test_greedy_pick_and_its_logprob_are_argmax_and_log_softmax():
+    logits = jax.random.normal(jax.random.key(0), (6, 1000)) * 4
+    logits = logits.at[1, 7].set(logits[1].max()).at[1, 9].set(logits[1].max())  # a tie: first index
+    tokens, logprobs = jax.jit(sampling.greedy_tokens)(logits)
+    np.testing.assert_array_equal(tokens, jnp.argmax(logits, axis=-1))
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    np.testing.assert_allclose(logprobs, want, rtol=1e-6, atol=1e-6)
+    # Any token, not only the greedy one.
+    other = jnp.array([0, 5, 999, 3, 3, 1])
+    np.testing.assert_allclose(sampling.token_logprobs(logits, other),
+                               jnp.take_along_axis(jax.nn.log_softmax(logits, -1), other[:, None], -1)[:, 0],
+                               rtol=1e-6, atol=1e-6)
