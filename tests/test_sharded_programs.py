@@ -126,7 +126,8 @@ def compile_programs(ckpt, mesh) -> tuple[dict[str, str], str]:
             hlo["decode"] = fast_compile(engine._decode_program(BATCH).lower(
                 graphdef, state, cache, logits_bv, position_b, rows(np.ones(BATCH, np.bool_)),
                 rows(np.arange(BATCH, dtype=np.int32)), rows(np.zeros(BATCH, np.int32)), **scalars,
-                buffer_length=NEW, mode=sampling.SamplingMode.from_params(0.0, 0, 1.0), early_stop=None,
+                stream_id=placement.replicated(np.int32(-1)), buffer_length=NEW,
+                mode=sampling.SamplingMode.from_params(0.0, 0, 1.0), early_stop=None, stream=False,
             )).as_text()
             train = create_train_state(model, SFT_OPTIM)
             step = make_sft_step(SFT_OPTIM)

@@ -10,6 +10,7 @@ compiles them itself), so the cache changes the time, not the bytes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -230,7 +231,9 @@ def test_the_cli_labels_fine_tunes_reinforces_and_exports_every_agent(trainer, u
         assert model.config.vocab_size >= len(tokenizer)
 
 
-def test_kill_9_at_a_random_step_of_each_stage_then_rerun_exports_the_same_bytes(trainer, uninterrupted, tmp_path):
+def test_kill_9_at_a_random_step_of_each_stage_then_rerun_exports_the_same_bytes(trainer, uninterrupted, tmp_path,
+                                                                                 object_store_rerun):
+    # `object_store_rerun` (the object-store test's runs) goes on in a thread meanwhile.
     seed = int(os.environ.get("DISROUTER_KILL_SEED", random.SystemRandom().randrange(2**31)))
     rng = random.Random(seed)
     where = f"(DISROUTER_KILL_SEED={seed} reproduces these kill points)"
@@ -326,44 +329,61 @@ def test_lora_trains_adapters_only_and_transformers_runs_the_merged_export_as_tr
                 np.testing.assert_array_equal(after[name], tensor, err_msg=f"{pool_agent.name} {name}")
 
 
-def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_runs_files(
-        trainer, uninterrupted, gcs_emulator, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def object_store_rerun(trainer, gcs_emulator, tmp_path_factory):
     """The CLI with ``--workdir gs://...`` and the pool in the bucket too, on the emulated GCS:
-    killed (SIGKILL) once an SFT checkpoint is in the bucket, rerun, resumed from that checkpoint;
-    then every file of the local uninterrupted run is in the bucket with the same bytes (metrics
-    without their timings), and nothing was written to a local path named after the URL."""
-    import fsspec
-
+    killed (SIGKILL) once an SFT checkpoint is in the bucket, then rerun to the end; started in a
+    thread of its own when the kill -9 test starts (both are one CLI process at a time, each
+    keeping one of the two cores busy), checked by the object-store test. A future of
+    (url, local cwd of the runs, the rerun's stderr)."""
     from disrouter_jax import storage
     from tests.storage.emulator import BUCKET, env_for, use_in_this_process
 
-    use_in_this_process(gcs_emulator.url, monkeypatch)
+    root = tmp_path_factory.mktemp("object_store_run")
+    patch = pytest.MonkeyPatch()
+    use_in_this_process(gcs_emulator.url, patch)
     url, pool_url = f"gs://{BUCKET}/train-run", f"gs://{BUCKET}/train-pool"
     storage.upload_tree(trainer.pool_dir, pool_url, last=("pool.json",))
-    cwd = tmp_path / "cwd"
+    cwd = root / "cwd"
     cwd.mkdir()
-    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(tmp_path / "cache")}
+    env = {**trainer.env, **env_for(gcs_emulator.url), storage.CACHE_ENV: str(root / "cache")}
     command = [str(PROJECT_ROOT / arg) if arg.startswith("configs/") else arg  # cwd is not the checkout
                for arg in trainer.command(url) if not arg.startswith("--config.pool.dir=")]
     # Checkpoints every 3 steps: every put is a request to the emulator; the exports do not depend on it.
     command += [f"--config.pool.dir={pool_url}", "--config.checkpoint.every_steps=3"]
 
     def launch(name):
-        out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")
+        out, err = open(root / f"{name}.out", "w"), open(root / f"{name}.err", "w")
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
         proc.log_files = (out, err)
         return proc
 
-    committed = storage.path(f"{url}/agents/{TRAINED[0]}/sft/checkpoints/3/commit_success.txt")
-    proc = launch("killed")
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not committed.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, trainer.finish(proc, timeout=1)[2][-4000:]
-        time.sleep(0.2)
-    proc.kill()
-    assert trainer.finish(proc)[0] == -9
-    rc, _, err = trainer.finish(launch("rerun"))
-    assert rc == 0, err[-4000:]
+    def sequence() -> tuple[str, Path, str]:
+        committed = storage.path(f"{url}/agents/{TRAINED[0]}/sft/checkpoints/3/commit_success.txt")
+        proc = launch("killed")
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not committed.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, trainer.finish(proc, timeout=1)[2][-4000:]
+            time.sleep(0.2)
+        proc.kill()
+        assert trainer.finish(proc)[0] == -9
+        rc, _, err = trainer.finish(launch("rerun"))
+        assert rc == 0, err[-4000:]
+        return url, cwd, err
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="object-store-run") as pool:
+        yield pool.submit(sequence)
+    patch.undo()
+
+
+def test_a_workdir_on_an_object_store_resumes_after_kill_9_and_holds_the_local_runs_files(
+        uninterrupted, object_store_rerun):
+    """`object_store_rerun` resumed from the SFT checkpoint in the bucket; then every file of the
+    local uninterrupted run is in the bucket with the same bytes (metrics without their timings),
+    and nothing was written to a local path named after the URL."""
+    import fsspec
+
+    url, cwd, err = object_store_rerun.result()
     assert _resumed_at(err, "sft") == 3
 
     assert sorted(os.listdir(cwd)) == []  # no "gs:" directory, nothing else either
