@@ -314,10 +314,7 @@ def main(argv=None) -> dict:
     if args.worker:
         run_worker(args)
         return {}
-    engines = list(args.engine_list)
-    if "tunix" in engines and not tunix_contender.available():
-        print(tunix_contender.INSTALL, file=sys.stderr)
-        engines.remove("tunix")
+    engines = tunix_contender.runnable(args.engine_list)
     shape = harness.SHAPES[args.shape_name]
     result = {
         "shape": args.shape_name, "model": dataclasses.asdict(shape), "dtype": args.dtype,

@@ -207,10 +207,7 @@ def main(argv=None) -> dict:
     if args.worker:
         run_worker(args)
         return {}
-    engines = list(args.engine_list)
-    if "tunix" in engines and not tunix_contender.available():
-        print(tunix_contender.INSTALL, file=sys.stderr)
-        engines.remove("tunix")
+    engines = tunix_contender.runnable(args.engine_list)
     env = harness.environment()
     peak = harness.lookup(harness.PEAK_BF16_FLOPS, env["device_kind"]) if env["jax_backend"] != "cpu" else None
     tokens = args.batch * args.length

@@ -7,6 +7,7 @@ it imports, ``INSTALL`` how to get it. Each benchmark runs it in a process of it
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def runnable(engines) -> list[str]:
+    """``engines`` without tunix when it is not installed (saying how to install it)."""
+    engines = list(engines)
+    if "tunix" in engines and not available():
+        print(INSTALL, file=sys.stderr)
+        engines.remove("tunix")
+    return engines
 
 
 def load_model(ckpt: Path, dtype: str):
