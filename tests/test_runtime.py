@@ -1,9 +1,12 @@
 """keep_freed_memory: XLA:CPU's per-step buffers stop faulting pages in again."""
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import child_xla_flags
 
 _PROBE = """
 import resource, sys
@@ -25,8 +28,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, float(x.sum()
 
 def _page_faults(*modes: str) -> list[tuple[int, float]]:
     """The probe once per mode, in processes side by side (page faults are counted per process)."""
+    # XLA's default optimisation level (what is measured is the run's memory, not its compilation;
+    # the session's O0 makes the programs fault pages of their own).
+    env = dict(os.environ, XLA_FLAGS=child_xla_flags(8, optimized=True))
     procs = [subprocess.Popen([sys.executable, "-c", _PROBE, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for mode in modes]
+                              text=True, env=env) for mode in modes]
     results = []
     try:
         for proc in procs:
@@ -46,7 +52,10 @@ def _page_faults(*modes: str) -> list[tuple[int, float]]:
 def test_keep_freed_memory_cuts_page_faults_and_changes_no_result():
     (default_faults, default_sum), (kept_faults, kept_sum) = _page_faults("default", "keep")
     assert kept_sum == default_sum
-    assert kept_faults * 4 < default_faults, (kept_faults, default_faults)
+    # Side by side, 17 draws on a 2-core AVX-512 EPYC: default 343k-370k faults, kept 33k-108k (the
+    # kept count depends on which XLA thread allocates; alone it is ~17k). Without the setting the
+    # two counts are alike.
+    assert kept_faults * 2 < default_faults, (kept_faults, default_faults)
 
 
 def test_jit_compiles_cpu_programs_with_xlas_own_dots():
