@@ -425,23 +425,6 @@ def global_batch_from_local(local_arrays, mesh: Mesh, logical_axes=None, rules=N
     return jax.tree.map(build, local_arrays, logical_axes)
 
 
-def to_host(tree):
-    """Every leaf as a numpy array holding the *global* value, on every process (a collective
-    when an array is sharded over several processes: call it on all of them)."""
-    from jax.experimental import multihost_utils
-
-    def one(x):
-        if not isinstance(x, jax.Array):
-            return np.asarray(x)
-        if x.is_fully_addressable:
-            return np.asarray(jax.device_get(x))
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
-
-
 _gather_calls = 0
 
 
@@ -513,7 +496,7 @@ def selftest(expect_processes: int | None = None) -> int:
     full_rc = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
     local_rc = full_rc[process_batch_rows(rows, mesh)]
     global_rc = global_batch_from_local(local_rc, mesh)
-    total = float(to_host(jax.jit(lambda x: (x * x).sum())(global_rc)))
+    total = float(sharding_lib.to_host(jax.jit(lambda x: (x * x).sum())(global_rc)))
     expected = float((full_rc * full_rc).sum())
     hosts = gather_objects(jax.process_index())
     ok = total == expected and hosts == list(range(jax.process_count()))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from disrouter_jax import distributed  # initialize() runs in main(), before any JAX computation
+from disrouter_jax.sharding import to_host
 
 GLOBAL_ROWS = 8
 
@@ -46,10 +47,10 @@ def compute(args, info) -> dict:
         h_bk = jnp.tanh(x_bd @ w_dk)
         return {"h": h_bk, "gram": x_bd.T @ x_bd, "total": h_bk.sum()}
 
-    out = distributed.to_host(f(x, w))
+    out = to_host(f(x, w))
     return {
         "out": out,
-        "x": distributed.to_host(x),
+        "x": to_host(x),
         "rows": (rows.start, rows.stop),
         "x_fully_addressable": bool(x.is_fully_addressable),
         "device_count": jax.device_count(),
@@ -95,7 +96,7 @@ def sft(args, info) -> dict:
         full = sft_batch(GLOBAL_ROWS, 10, model.config.vocab_size, seed=i)
         local = jax.tree.map(lambda a: a[rows], full)
         state, metrics = step(state, distributed.global_batch_from_local(local, mesh))
-        losses.append(float(distributed.to_host(metrics["loss"])))
+        losses.append(float(to_host(metrics["loss"])))
     if distributed.is_coordinator():
         with open(Path(args.out) / "metrics.jsonl", "w") as f:
             for i, loss in enumerate(losses):
@@ -104,7 +105,7 @@ def sft(args, info) -> dict:
         name for name, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
         if not x.is_fully_addressable and not x.is_fully_replicated
     ]
-    params = distributed.to_host(state.params)
+    params = to_host(state.params)
     flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     # Every process takes part in the export (gathers are collective); process 0 writes.
     qwen2.save_pretrained(state.model(), Path(args.out) / "export")
@@ -132,7 +133,7 @@ def die(args, info) -> dict:
                 (Path(args.out) / f"initialized{i}").exists() for i in range(jax.process_count())):
             time.sleep(0.05)
         os._exit(1)
-    distributed.to_host(jax.jit(lambda a: a.sum())(x))
+    to_host(jax.jit(lambda a: a.sum())(x))
     distributed.barrier("after_sum", timeout_s=600)
     return {"survived": True}
 

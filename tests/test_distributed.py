@@ -24,7 +24,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from disrouter_jax import distributed
-from disrouter_jax.sharding import MeshConfig, make_mesh
+from disrouter_jax.sharding import MeshConfig, make_mesh, to_host
 
 from .conftest import build_hf_checkpoint, child_xla_flags
 
@@ -146,7 +146,7 @@ def test_global_batch_from_local_single_process_equals_device_put():
     ids_bt = np.arange(16 * 5, dtype=np.int32).reshape(16, 5)
     out = distributed.global_batch_from_local({"ids_bt": ids_bt, "w_b": np.ones(16, np.float32)}, mesh)
     assert out["ids_bt"].sharding == NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
-    np.testing.assert_array_equal(distributed.to_host(out)["ids_bt"], ids_bt)
+    np.testing.assert_array_equal(to_host(out)["ids_bt"], ids_bt)
     # Named axes for every leaf; "length" has no mesh axis, so only rows are split.
     out = distributed.global_batch_from_local(ids_bt, mesh, ("batch", "length"))
     assert out.sharding.spec == PartitionSpec(("data", "fsdp"), None)
@@ -163,7 +163,7 @@ def test_global_batch_from_local_single_process_equals_device_put():
 def test_to_host_and_gather_single_process():
     mesh = make_mesh(MeshConfig(data=1, fsdp=8))
     x = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, PartitionSpec("fsdp")))
-    np.testing.assert_array_equal(distributed.to_host({"x": x})["x"], np.arange(32.0).reshape(8, 4))
+    np.testing.assert_array_equal(to_host({"x": x})["x"], np.arange(32.0).reshape(8, 4))
     assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
     distributed.barrier("single")  # no peers: returns at once
 

@@ -314,17 +314,6 @@ class _Placement:
         return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
 
 
-def _to_host(tree) -> dict[str, np.ndarray]:
-    def one(x):
-        if x.is_fully_addressable:
-            return np.asarray(jax.device_get(x))
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
-
-
 def _progress_bar(total: int, progress: bool | None):
     from tqdm.auto import tqdm
 
@@ -494,7 +483,7 @@ def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, p
             placement.batch(sample_index_b), **scalars, stream_id=placement.replicated(np.int32(stream_id)),
             buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop, stream=stream,
         )
-        outputs = _to_host(outputs)
+        outputs = sharding_lib.to_host(outputs)
         if on_tokens is not None:
             jax.effects_barrier()  # every step's callback has run before the listener goes
     finally:
