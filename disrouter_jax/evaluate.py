@@ -57,6 +57,7 @@ from disrouter_jax.logs import configure_logging
 from ml_collections import config_flags
 
 from disrouter_jax import distributed, errors, pipeline, plan, runtime, storage, task_data
+from disrouter_jax.distributed import work as distributed_work
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import assessors, engine, log, methods, replay, report, routers
 from disrouter_jax.cascade.features import mean_pooled_hidden_states
@@ -250,8 +251,8 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
     multi_process = jax.process_count() > 1
     if multi_process:
         # Data parallel over hosts: every host holds the whole pool on its own devices and runs
-        # its block of queries; results are gathered in query order (distributed.map_over_processes).
-        mesh = distributed.local_mesh(dict(config.mesh))
+        # its block of queries; results are gathered in query order (distributed_work.map_over_processes).
+        mesh = distributed_work.local_mesh(dict(config.mesh))
     agents = [load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in specs]
     # Single-agent baselines, central routers and the forced answers that score a refusal use the
     # pool as it was before Self-Awareness Training (eval.baseline_agents="base"), as in the paper.
@@ -272,7 +273,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
             return [{m: {a: r[i] for a, r in by_agent.items()} for m, by_agent in reps.items()}
                     for i in range(len(block))]
 
-        rows = distributed.map_over_processes(per_query, qs)
+        rows = distributed_work.map_over_processes(per_query, qs)
         return {m: {a: [row[m][a] for row in rows] for a in rows[0][m]} for m in rows[0]}
 
     def all_replies(qs, modes_alphas):
@@ -323,7 +324,7 @@ def run_evaluation(config, workdir, *, specs: Sequence[AgentSpec] | None = None,
             cascade_records += [logged[r.key] for r in replay_rows]
             continue
         if multi_process:
-            run_records = distributed.map_over_processes(
+            run_records = distributed_work.map_over_processes(
                 lambda block, alpha=alpha: engine.Cascade(agents, engine_cfg).run(block, alpha).records, queries)
         else:
             run = engine.Cascade(agents, engine_cfg).run(queries, alpha)

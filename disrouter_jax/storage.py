@@ -103,10 +103,10 @@ def barrier(name: str, *, timeout_s: int = 600) -> None:
     import jax
 
     if jax.process_count() > 1:
-        from disrouter_jax import distributed
+        from disrouter_jax.distributed import work
 
         count = _BARRIER_COUNTS[name] = _BARRIER_COUNTS.get(name, 0) + 1
-        distributed.barrier(f"{name}#{count}", timeout_s=timeout_s)
+        work.barrier(f"{name}#{count}", timeout_s=timeout_s)
 
 
 # ----------------------------------------------------------------------------------- writing
