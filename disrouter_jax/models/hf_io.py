@@ -281,9 +281,7 @@ def save_pretrained(
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 __all__ = [
