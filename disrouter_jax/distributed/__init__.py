@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 
 import jax
 
@@ -58,33 +57,19 @@ class ProcessInfo:
         return self.process_id == 0
 
 
-
-def initialize(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    local_device_ids: int | Sequence[int] | None = None,
-    *,
-    cluster: str | None = None,
-    initialization_timeout_s: int | None = None,
-    heartbeat_timeout_s: int | None = None,
-    shutdown_timeout_s: int | None = None,
-    cpu_collectives: str = "gloo",
-) -> ProcessInfo:
+def initialize(settings: settings_lib.LaunchSettings | None = None, *, cpu_collectives: str = "gloo") -> ProcessInfo:
     """Starts ``jax.distributed`` when the run spans several processes; a no-op otherwise.
 
     Must run before anything touches a JAX backend (``jax.devices()``, any computation). Safe to
-    call twice (the second call reports the running setup). ``cluster``: "auto" (default), "none",
-    or a JAX cluster name; every argument may come from its ``DISROUTER_*`` environment variable.
+    call twice (the second call reports the running setup). ``settings``: what to start; by
+    default ``settings.resolve_settings()``, i.e. the ``DISROUTER_*`` environment variables
+    (``cluster``: "auto", "none" or a JAX cluster name).
     """
     if jax.distributed.is_initialized():
         state = jax_internals.coordination_state()
         return ProcessInfo(state.process_id, state.num_processes, state.coordinator_address, "already")
-    settings = settings_lib.resolve_settings(
-        coordinator_address, num_processes, process_id, local_device_ids, cluster=cluster,
-        initialization_timeout_s=initialization_timeout_s, heartbeat_timeout_s=heartbeat_timeout_s,
-        shutdown_timeout_s=shutdown_timeout_s,
-    )
+    if settings is None:
+        settings = settings_lib.resolve_settings()
     needs_detection = not settings.explicit and settings.cluster != settings_lib.CLUSTER_NONE
     source = settings_lib.choose_source(settings, settings_lib.detect_cluster() if needs_detection else None)
     if source == "single":
