@@ -182,9 +182,9 @@ def choose_source(settings: LaunchSettings, detected: tuple[str, int | None] | N
         "process_id": settings.process_id,
     }
     partial = sorted(name for name, value in given.items() if value is not None)
+    missing = sorted(set(given) - set(partial))
     if settings.cluster == CLUSTER_NONE:
         if partial:
-            missing = sorted(set(given) - set(partial))
             raise ValueError(
                 f"cluster='none' with only {partial} set: also set {missing} "
                 f"(or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
@@ -199,7 +199,6 @@ def choose_source(settings: LaunchSettings, detected: tuple[str, int | None] | N
         return settings.cluster
     if detected is None:
         if partial:
-            missing = sorted(set(given) - set(partial))
             raise ValueError(
                 f"multi-process settings {partial} given but {missing} missing and no cluster "
                 f"(SLURM, Open MPI, Cloud TPU, ...) detected to fill them in"
