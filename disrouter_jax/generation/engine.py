@@ -32,12 +32,11 @@ from flax import nnx
 
 from disrouter_jax import runtime
 from disrouter_jax import sharding as sharding_lib
-from disrouter_jax.generation import sampling
+from disrouter_jax.generation import inputs, sampling
 from disrouter_jax.generation.buckets import (
     Batch,
     BucketConfig,
     Plan,
-    next_power_of_two,
     plan_batches,
 )
 from disrouter_jax.generation.results import FINISH_REASONS, Generation
@@ -257,89 +256,6 @@ def _decode_program(rows: int):
     return _decode_jit if runtime.xla_dots_win(rows) else _decode_jit.default
 
 
-def default_stop_token_ids(model) -> tuple[int, ...]:
-    eos = model.config.eos_token_id
-    if eos is None:
-        return ()
-    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
-
-
-def _padded_stop_ids(stop_token_ids) -> np.ndarray:
-    """Stop ids padded with -1 (never a token) to a power of two >= 4, so that stop sets of
-    similar size share one compiled program."""
-    ids = sorted({int(t) for t in stop_token_ids})
-    if any(t < 0 for t in ids):
-        raise ValueError(f"stop_token_ids must be >= 0, got {ids}")
-    padded = np.full(next_power_of_two(max(len(ids), 4)), -1, np.int32)
-    padded[: len(ids)] = ids
-    return padded
-
-
-def _validate_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
-    if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
-        prompts = list(prompts)  # equal-length prompts as one [P, T] array
-    if len(prompts) and isinstance(prompts[0], (int, np.integer)):
-        raise TypeError("prompts must be a sequence of token-id sequences (one per prompt), "
-                        "got a flat sequence of ints")
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = np.asarray(prompt)
-        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"prompts[{i}]: expected a non-empty 1-D sequence of token ids, "
-                             f"got shape {ids.shape} dtype {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= vocab_size:
-            raise ValueError(f"prompts[{i}]: token ids must be in [0, {vocab_size}), "
-                             f"got range [{ids.min()}, {ids.max()}]")
-        out.append(ids.astype(np.int32))
-    return out
-
-
-def _batch_axes_size(mesh, rules) -> int:
-    rule_map = dict(sharding_lib.DEFAULT_RULES if rules is None else rules)
-    return int(np.prod([mesh.shape[axis] for axis in rule_map["batch"]]))
-
-
-class _Placement:
-    """Where arrays go: the model's mesh (or the one given), or the default device."""
-
-    def __init__(self, model, mesh):
-        ctx = model.sharding
-        if mesh is not None:
-            mesh = sharding_lib.auto_mesh(mesh)  # as the model's (ShardingContext)
-        if ctx is not None and mesh is not None and mesh != ctx.mesh:
-            raise ValueError("generate(mesh=...) differs from the mesh the model was loaded on; "
-                             "load the model with that mesh or pass mesh=None")
-        self.mesh = ctx.mesh if ctx is not None else mesh
-        self.rules = ctx.rules if ctx is not None else None
-        self.model_on_mesh = ctx is not None
-
-    @property
-    def batch_shards(self) -> int:
-        return 1 if self.mesh is None else _batch_axes_size(self.mesh, self.rules)
-
-    def state(self, state):
-        if self.mesh is None or self.model_on_mesh:
-            return state
-        # An unsharded model run on a mesh: replicate its weights there (once per call).
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        return jax.device_put(state, replicated)
-
-    def batch(self, array: np.ndarray):
-        axes = ("batch",) + ("length",) * (array.ndim - 1)
-        return self._place(array, axes)
-
-    def replicated(self, array):
-        return self._place(np.asarray(array), (None,) * np.ndim(array))
-
-    def _place(self, array: np.ndarray, axes):
-        if self.mesh is None:
-            return jnp.asarray(array)
-        # Every process holds the same host array; each device takes its own slice (this also
-        # works when the mesh spans several processes).
-        target = sharding_lib.named_sharding(axes, array.shape, self.mesh, self.rules)
-        return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
-
-
 def _progress_bar(total: int, progress: bool | None):
     from tqdm.auto import tqdm
 
@@ -420,12 +336,12 @@ def generate(
         )
     sampling.validate_sampling(temperature, top_k, top_p)
     mode = sampling.SamplingMode.from_params(temperature, top_k, top_p)
-    prompt_ids = _validate_prompts(prompts, model.config.vocab_size)
-    key_ids = _validate_key_ids(key_ids, len(prompt_ids))
+    prompt_ids = inputs.validate_prompts(prompts, model.config.vocab_size)
+    key_ids = inputs.validate_key_ids(key_ids, len(prompt_ids))
     if stop_token_ids is None:
-        stop_token_ids = default_stop_token_ids(model)
-    stop_ids = _padded_stop_ids(stop_token_ids)
-    placement = _Placement(model, mesh)
+        stop_token_ids = inputs.default_stop_token_ids(model)
+    stop_ids = inputs.padded_stop_ids(stop_token_ids)
+    placement = inputs.Placement(model, mesh)
     plan = plan_batches(
         [len(p) for p in prompt_ids],
         num_samples=num_samples,
@@ -456,17 +372,6 @@ def generate(
             _collect(outputs, prompt_index_b, sample_index_b, num_samples, include_stop, results)
             bar.update(1)
     return results  # type: ignore[return-value]
-
-
-def _validate_key_ids(key_ids, num_prompts: int) -> np.ndarray:
-    if key_ids is None:
-        return np.arange(num_prompts, dtype=np.int32)
-    ids = np.asarray(key_ids)
-    if ids.shape != (num_prompts,) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"key_ids: expected one integer per prompt ({num_prompts}), got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
-        raise ValueError(f"key_ids must be in [0, 2**31), got range [{ids.min()}, {ids.max()}]")
-    return ids.astype(np.int32)
 
 
 def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, placement, scalars, *,
