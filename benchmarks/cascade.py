@@ -33,8 +33,9 @@ def load(workdir: Path, config_path: str, max_queries: int):
     sys.path.insert(0, str(Path(config_path).resolve().parent))
     import eval_cascade
 
-    from disrouter_jax import evaluate, pipeline
+    from disrouter_jax import pipeline
     from disrouter_jax.agents import AgentSpec, load_agent
+    from disrouter_jax.cascade.queries import evaluation_queries
     from disrouter_jax.toy import pool as toy_pool
     from disrouter_jax.toy import tasks as _toy_tasks  # noqa: F401  (registers the toy tasks)
 
@@ -50,7 +51,7 @@ def load(workdir: Path, config_path: str, max_queries: int):
                                 "python -m disrouter_jax.evaluate --config configs/eval_cascade.py:toy "
                                 f"--workdir {workdir}) first")
     agents = [load_agent(s, dtype=config.dtype) for s in specs]
-    queries = evaluate.evaluation_queries(config, workdir)[:max_queries]
+    queries = evaluation_queries(config, workdir)[:max_queries]
     return config, agents, queries
 
 

@@ -57,14 +57,15 @@ def toy_questions(workdir: Path, config_arg: str, overrides: dict) -> list[list[
     serve_config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_config)
 
-    from disrouter_jax import evaluate, pipeline
+    from disrouter_jax import pipeline
+    from disrouter_jax.cascade.queries import evaluation_queries
     from disrouter_jax.tasks.registry import get_task
 
     config = serve_config.get_config(config_arg.partition(":")[2] or None)
     for key, value in overrides.items():
         config.pool[key] = value
     pipeline.ensure_pool(config, workdir)  # registers the toy tasks
-    return [get_task(q.example.task).messages(q.example, None) for q in evaluate.evaluation_queries(config, workdir)]
+    return [get_task(q.example.task).messages(q.example, None) for q in evaluation_queries(config, workdir)]
 
 
 def free_port() -> int:

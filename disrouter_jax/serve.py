@@ -48,8 +48,9 @@ def load_stages(config, workdir: Path, serve_cfg):
     """The pool of ``workdir`` as cascade stages, placed as ``config.serve`` says."""
     import jax
 
-    from disrouter_jax import evaluate, pipeline
+    from disrouter_jax import pipeline
     from disrouter_jax.agents import load_agent
+    from disrouter_jax.cascade.placement import place_agents
     from disrouter_jax.cascade.serving.stage import AgentStage, stage_buckets
 
     mesh = pipeline.make_mesh_from_config(config)
@@ -57,7 +58,7 @@ def load_stages(config, workdir: Path, serve_cfg):
         specs = pipeline.ensure_trained_pool(config, workdir, mesh=mesh)
     else:
         specs = pipeline.ensure_pool(config, workdir)
-    specs = evaluate.place_agents(specs, config.serve, len(jax.devices()))
+    specs = place_agents(specs, config.serve, len(jax.devices()))
     agents = [load_agent(s, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh) for s in specs]
     last = len(agents) - 1
     return [AgentStage(agent, last=k == last, max_batch_size=serve_cfg.max_batch_size,

@@ -223,3 +223,24 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingCon
 def gather_weight(x: jax.Array, logical_axes: Sequence[str | None], ctx: ShardingContext | None):
     """``ShardingContext.gather_weight``; a no-op without a mesh."""
     return x if ctx is None else ctx.gather_weight(x, logical_axes)
+
+
+def to_host(tree):
+    """Every leaf as a numpy array holding the *global* value, on every process.
+
+    One place for device-to-host copies, because a leaf sharded over several processes cannot be
+    read with ``device_get``: it takes an all-gather, a collective, so every process must call
+    this with the same tree.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)

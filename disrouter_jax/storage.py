@@ -5,7 +5,8 @@ exactly as before), an ``etils.epath.Path`` for an object-store URL (the library
 uses; fsspec's ``gcsfs`` / ``s3fs`` underneath). Both have the pathlib methods the project uses
 (``/``, ``exists``, ``is_file``, ``read_text``, ``write_bytes``, ``iterdir``, ``glob``, ...).
 
-Writes (``write_text`` / ``write_bytes``) are atomic: on POSIX a temporary file in the same
+Writes (``write_text`` / ``write_bytes``; ``atomic_file`` for a local file written piece by
+piece) are atomic: on POSIX a temporary file in the same
 directory, fsynced and renamed over the target; on an object store one object put (an object
 appears whole or not at all). Object stores cannot append or rename a directory: ``append_text``
 rewrites the object; a directory such as an exported agent is written locally and uploaded
@@ -28,14 +29,15 @@ operation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import secrets
 import shutil
-import tempfile
-from typing import Any, Iterable, Union
+from typing import IO, Any, Iterable, Iterator, Union
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +105,47 @@ def barrier(name: str, *, timeout_s: int = 600) -> None:
     import jax
 
     if jax.process_count() > 1:
-        from disrouter_jax import distributed
+        from disrouter_jax.distributed import work
 
         count = _BARRIER_COUNTS[name] = _BARRIER_COUNTS.get(name, 0) + 1
-        distributed.barrier(f"{name}#{count}", timeout_s=timeout_s)
+        work.barrier(f"{name}#{count}", timeout_s=timeout_s)
 
 
 # ----------------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def replacing(p: Any) -> Iterator[pathlib.Path]:
+    """A fresh temporary path beside local ``p`` that is renamed over ``p`` when the block
+    completes and removed when it raises, so ``p`` is always the old file or the whole new one.
+
+    The one write-then-rename in the project (``atomic_file``, ``write_bytes``, the download
+    cache); the file is created as ``open`` would (permissions from the umask), and the name is
+    unique, so concurrent writers of one target never share a temporary file.
+    """
+    target = pathlib.Path(p)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(p: Any, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """An open file (``mode`` "wb" or "w") whose content replaces local ``p`` once the block
+    completes, fsynced first (see :func:`replacing`): for files written piece by piece."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_file: mode must be 'wb' or 'w', got {mode!r}")
+    with replacing(p) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_bytes(p: Any, data: bytes) -> AnyPath:
@@ -119,18 +155,8 @@ def write_bytes(p: Any, data: bytes) -> AnyPath:
         with _store_errors(target, "write"):
             target.write_bytes(data)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as handle:
+        handle.write(data)
     return target
 
 
@@ -260,17 +286,13 @@ def local_dir(p: Any) -> pathlib.Path:
             dest = local / name
             if index.get(name) == stamp and dest.is_file():
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            fs.get_file(key, str(tmp))
-            os.replace(tmp, dest)
+            with replacing(dest) as tmp:
+                fs.get_file(key, str(tmp))
     for name in set(index) - set(fresh):
         stale = local / name
         if stale.is_file():
             stale.unlink()
-    tmp_index = index_path.with_name(f"{_CACHE_INDEX}.{os.getpid()}.tmp")
-    tmp_index.write_text(json.dumps({"url": url, "files": fresh}, indent=1))
-    os.replace(tmp_index, index_path)
+    write_text(index_path, json.dumps({"url": url, "files": fresh}, indent=1))
     return local
 
 

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from disrouter_jax import distributed  # initialize() runs in main(), before any JAX computation
+from disrouter_jax.distributed import work
+from disrouter_jax.sharding import to_host
 
 GLOBAL_ROWS = 8
 
@@ -30,14 +32,15 @@ def compute(args, info) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from disrouter_jax.sharding import MeshConfig, make_mesh, named_sharding
+    from disrouter_jax.sharding import MeshConfig, ShardingContext, make_mesh, named_sharding
+    from disrouter_jax.training.state import shard_batch
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=-1))
     rng = np.random.default_rng(0)
     x_full = rng.standard_normal((GLOBAL_ROWS, 6)).astype(np.float32)
     w_full = rng.standard_normal((6, 4)).astype(np.float32)
-    rows = distributed.process_batch_rows(GLOBAL_ROWS, mesh)
-    x = distributed.global_batch_from_local(x_full[rows], mesh)
+    # Placed as the train step places its batches: every process holds the whole batch.
+    x = shard_batch(x_full, ShardingContext(mesh))
     # A weight sharded over fsdp: every process passes the whole value and keeps its slices.
     w = jax.make_array_from_callback(w_full.shape, named_sharding(("embed", None), w_full.shape, mesh), lambda i: w_full[i])
 
@@ -46,16 +49,15 @@ def compute(args, info) -> dict:
         h_bk = jnp.tanh(x_bd @ w_dk)
         return {"h": h_bk, "gram": x_bd.T @ x_bd, "total": h_bk.sum()}
 
-    out = distributed.to_host(f(x, w))
+    out = to_host(f(x, w))
     return {
         "out": out,
-        "x": distributed.to_host(x),
-        "rows": (rows.start, rows.stop),
+        "x": to_host(x),
         "x_fully_addressable": bool(x.is_fully_addressable),
         "device_count": jax.device_count(),
         "second_initialize": distributed.initialize().source,
         "process_count": jax.process_count(),
-        "gathered": distributed.gather_objects({"id": info.process_id, "items": distributed.process_shard(list(range(7)))}),
+        "gathered": work.gather_objects({"id": info.process_id, "items": work.process_shard(list(range(7)))}),
     }
 
 
@@ -75,7 +77,8 @@ def sft_batch(rows: int, width: int, vocab: int, seed: int):
 
 def sft(args, info) -> dict:
     """A few full fine-tuning SFT steps, FSDP over all 4 devices (so parameters, gradients and Adam
-    moments are split across the processes, not only within each), each process feeding its rows."""
+    moments are split across the processes, not only within each), every process feeding the whole
+    batch as training does (the step places it; each device keeps its rows)."""
     import jax
 
     from disrouter_jax.models import qwen2
@@ -89,13 +92,10 @@ def sft(args, info) -> dict:
     optim = OptimConfig(learning_rate=1e-2, total_steps=args.steps, decay="constant", max_grad_norm=1.0)
     state = create_train_state(model, optim)
     step = make_sft_step(optim)
-    rows = distributed.process_batch_rows(GLOBAL_ROWS, mesh)
     losses = []
     for i in range(args.steps):
-        full = sft_batch(GLOBAL_ROWS, 10, model.config.vocab_size, seed=i)
-        local = jax.tree.map(lambda a: a[rows], full)
-        state, metrics = step(state, distributed.global_batch_from_local(local, mesh))
-        losses.append(float(distributed.to_host(metrics["loss"])))
+        state, metrics = step(state, sft_batch(GLOBAL_ROWS, 10, model.config.vocab_size, seed=i))
+        losses.append(float(to_host(metrics["loss"])))
     if distributed.is_coordinator():
         with open(Path(args.out) / "metrics.jsonl", "w") as f:
             for i, loss in enumerate(losses):
@@ -104,11 +104,11 @@ def sft(args, info) -> dict:
         name for name, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
         if not x.is_fully_addressable and not x.is_fully_replicated
     ]
-    params = distributed.to_host(state.params)
+    params = to_host(state.params)
     flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     # Every process takes part in the export (gathers are collective); process 0 writes.
     qwen2.save_pretrained(state.model(), Path(args.out) / "export")
-    return {"losses": losses, "params": flat, "rows": (rows.start, rows.stop), "process_count": jax.process_count(),
+    return {"losses": losses, "params": flat, "process_count": jax.process_count(),
             "num_split_across_processes": len(split_across_processes)}
 
 
@@ -118,11 +118,11 @@ def die(args, info) -> dict:
     import jax
     import numpy as np
 
-    from disrouter_jax.sharding import MeshConfig, make_mesh
+    from disrouter_jax.sharding import MeshConfig, ShardingContext, make_mesh
+    from disrouter_jax.training.state import shard_batch
 
     mesh = make_mesh(MeshConfig(fsdp=-1))
-    rows = distributed.process_batch_rows(GLOBAL_ROWS, mesh)
-    x = distributed.global_batch_from_local(np.ones((rows.stop - rows.start, 3), np.float32), mesh)
+    x = shard_batch(np.ones((GLOBAL_ROWS, 3), np.float32), ShardingContext(mesh))
     (Path(args.out) / f"initialized{info.process_id}").write_text("ok")
     if info.process_id == args.die_process:
         # Die only once every peer is initialised: dying earlier (a loaded machine can take
@@ -132,8 +132,8 @@ def die(args, info) -> dict:
                 (Path(args.out) / f"initialized{i}").exists() for i in range(jax.process_count())):
             time.sleep(0.05)
         os._exit(1)
-    distributed.to_host(jax.jit(lambda a: a.sum())(x))
-    distributed.barrier("after_sum", timeout_s=600)
+    to_host(jax.jit(lambda a: a.sum())(x))
+    work.barrier("after_sum", timeout_s=600)
     return {"survived": True}
 
 
@@ -153,20 +153,20 @@ def cascade(args, info) -> dict:
     from disrouter_jax.cascade.log import write_routing_log
     from disrouter_jax.cascade.report import build_report, write_report
 
-    mesh = distributed.local_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    mesh = work.local_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     agents = [load_agent(AgentSpec(f"agent{k}", path, cost), mesh=mesh)
               for k, (path, cost) in enumerate(zip(args.agents.split(","), LADDER_COSTS))]
     queries = [engine.Query(example) for example in sa.make_queries(LADDER_QUERIES)]
     runner = engine.Cascade(agents, engine.EngineConfig(max_new_tokens=8, max_batch_size=8))
     records = []
     for alpha in (0.2, 0.8):
-        records += distributed.map_over_processes(lambda block: runner.run(block, alpha).records, queries)
+        records += work.map_over_processes(lambda block: runner.run(block, alpha).records, queries)
     report = build_report(records, runner.names, runner.costs)
     if distributed.is_coordinator():
         write_routing_log(Path(args.out) / "routing_log.jsonl", records)
         write_report(args.out, report)
     return {"records": [r.to_json() for r in records], "report": report,
-            "local_queries": len(distributed.process_shard(queries))}
+            "local_queries": len(work.process_shard(queries))}
 
 
 def main() -> int:

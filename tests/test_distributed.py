@@ -1,4 +1,4 @@
-"""disrouter_jax.distributed and launch/: settings, data splitting, and real multi-process jobs.
+"""disrouter_jax.distributed and launch/: settings, work splitting, and real multi-process jobs.
 
 The multi-process tests start separate Python processes on 127.0.0.1 (each with its own
 ``XLA_FLAGS`` device count; this pytest process keeps its 8 devices and never initialises
@@ -24,7 +24,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from disrouter_jax import distributed
-from disrouter_jax.sharding import MeshConfig, make_mesh
+from disrouter_jax.distributed import settings as launch_settings
+from disrouter_jax.distributed import work
+from disrouter_jax.sharding import MeshConfig, make_mesh, to_host
 
 from .conftest import build_hf_checkpoint, child_xla_flags
 
@@ -42,11 +44,11 @@ def test_settings_arguments_win_over_environment():
     env = {"DISROUTER_COORDINATOR": "10.0.0.1:1234", "DISROUTER_NUM_PROCESSES": "4",
            "DISROUTER_PROCESS_ID": "3", "DISROUTER_LOCAL_DEVICE_IDS": "0,1",
            "DISROUTER_HEARTBEAT_TIMEOUT_S": "7"}
-    s = distributed.resolve_settings(process_id=1, environ=env)
+    s = launch_settings.resolve_settings(process_id=1, environ=env)
     assert (s.coordinator_address, s.num_processes, s.process_id) == ("10.0.0.1:1234", 4, 1)
     assert s.local_device_ids == (0, 1) and s.heartbeat_timeout_s == 7 and s.explicit
-    assert s.initialization_timeout_s == distributed.DEFAULT_INIT_TIMEOUT_S
-    assert distributed.resolve_settings(environ={}) == distributed.LaunchSettings()
+    assert s.initialization_timeout_s == launch_settings.DEFAULT_INIT_TIMEOUT_S
+    assert launch_settings.resolve_settings(environ={}) == launch_settings.LaunchSettings()
 
 
 @pytest.mark.parametrize("env, message", [
@@ -59,31 +61,31 @@ def test_settings_arguments_win_over_environment():
 ])
 def test_settings_bad_values_name_the_variable(env, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        distributed.resolve_settings(environ=env)
+        launch_settings.resolve_settings(environ=env)
 
 
 def settings(**kw):
-    return distributed.LaunchSettings(**kw)
+    return launch_settings.LaunchSettings(**kw)
 
 
 def test_choose_source():
     full = dict(coordinator_address="h:1", num_processes=2, process_id=0)
-    assert distributed.choose_source(settings(), None) == "single"
-    assert distributed.choose_source(settings(**full), ("slurm", 8)) == "explicit"  # explicit wins
-    assert distributed.choose_source(settings(**{**full, "num_processes": 1}), None) == "single"
-    assert distributed.choose_source(settings(), ("slurm", 2)) == "slurm"
-    assert distributed.choose_source(settings(), ("gcetpu", 1)) == "single"  # one-host TPU VM
-    assert distributed.choose_source(settings(), ("gcetpu", None)) == "gcetpu"
-    assert distributed.choose_source(settings(cluster="none"), ("slurm", 2)) == "single"
-    assert distributed.choose_source(settings(cluster="slurm"), ("slurm", 2)) == "slurm"
+    assert launch_settings.choose_source(settings(), None) == "single"
+    assert launch_settings.choose_source(settings(**full), ("slurm", 8)) == "explicit"  # explicit wins
+    assert launch_settings.choose_source(settings(**{**full, "num_processes": 1}), None) == "single"
+    assert launch_settings.choose_source(settings(), ("slurm", 2)) == "slurm"
+    assert launch_settings.choose_source(settings(), ("gcetpu", 1)) == "single"  # one-host TPU VM
+    assert launch_settings.choose_source(settings(), ("gcetpu", None)) == "gcetpu"
+    assert launch_settings.choose_source(settings(cluster="none"), ("slurm", 2)) == "single"
+    assert launch_settings.choose_source(settings(cluster="slurm"), ("slurm", 2)) == "slurm"
     # A coordinator on SLURM: JAX fills in the rest.
-    assert distributed.choose_source(settings(coordinator_address="h:1"), ("slurm", 2)) == "slurm"
+    assert launch_settings.choose_source(settings(coordinator_address="h:1"), ("slurm", 2)) == "slurm"
     with pytest.raises(ValueError, match=r"'num_processes', 'process_id'"):
-        distributed.choose_source(settings(coordinator_address="h:1"), None)
+        launch_settings.choose_source(settings(coordinator_address="h:1"), None)
     with pytest.raises(ValueError, match="cluster='none'"):
-        distributed.choose_source(settings(cluster="none", num_processes=2), None)
+        launch_settings.choose_source(settings(cluster="none", num_processes=2), None)
     with pytest.raises(RuntimeError, match="cluster='ompi' requested"):
-        distributed.choose_source(settings(cluster="ompi"), ("slurm", 2))
+        launch_settings.choose_source(settings(cluster="ompi"), ("slurm", 2))
 
 
 CLUSTER_ENV_PREFIXES = ("SLURM_", "OMPI_", "PMIX_", "TPU_", "KUBERNETES_", "DISROUTER_", "JAX_COORDINATOR")
@@ -98,19 +100,19 @@ def clean_cluster_env(monkeypatch):
 
 
 def test_detect_cluster_uses_jax_detectors(clean_cluster_env):
-    assert distributed.detect_cluster() is None
+    assert launch_settings.detect_cluster() is None
     for name, value in {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "2",
                         "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}.items():
         clean_cluster_env.setenv(name, value)
-    assert distributed.detect_cluster() == ("slurm", 2)
+    assert launch_settings.detect_cluster() == ("slurm", 2)
 
 
 def test_slurm_one_task_per_node_uses_every_gpu():
-    assert distributed.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_GPUS_ON_NODE": "8"}) == tuple(range(8))
-    assert distributed.slurm_local_device_ids({"SLURM_TASKS_PER_NODE": "1", "CUDA_VISIBLE_DEVICES": "2,3"}) == (0, 1)
+    assert launch_settings.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_GPUS_ON_NODE": "8"}) == tuple(range(8))
+    assert launch_settings.slurm_local_device_ids({"SLURM_TASKS_PER_NODE": "1", "CUDA_VISIBLE_DEVICES": "2,3"}) == (0, 1)
     # One process per GPU: JAX's own choice (GPU = SLURM_LOCALID) is right, so no override.
-    assert distributed.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_ON_NODE": "8"}) is None
-    assert distributed.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "1(x2)"}) is None  # CPU nodes
+    assert launch_settings.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_ON_NODE": "8"}) is None
+    assert launch_settings.slurm_local_device_ids({"SLURM_STEP_TASKS_PER_NODE": "1(x2)"}) is None  # CPU nodes
 
 
 def test_initialize_is_a_noop_on_one_host(clean_cluster_env):
@@ -126,46 +128,26 @@ def test_initialize_is_a_noop_on_one_host(clean_cluster_env):
 
 
 # ----------------------------------------------------------------------------------------------
-# Work and data splitting, single process.
+# Work splitting and object gathering, single process.
 
 
 @pytest.mark.parametrize("num_items, count", [(10, 3), (2, 4), (0, 2), (8, 1)])
 def test_process_shard_blocks_concatenate_back(num_items, count):
     items = [f"q{i}" for i in range(num_items)]
-    blocks = [distributed.process_shard(items, i, count) for i in range(count)]
+    blocks = [work.process_shard(items, i, count) for i in range(count)]
     assert sum(blocks, []) == items
     assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
-    assert distributed.process_shard(items) == items  # one process holds everything
+    assert work.process_shard(items) == items  # one process holds everything
     with pytest.raises(ValueError, match="process_index=3"):
-        distributed.process_shard(items, 3, 3)
-
-
-def test_global_batch_from_local_single_process_equals_device_put():
-    mesh = make_mesh(MeshConfig(data=2, fsdp=4))
-    assert distributed.process_batch_rows(16, mesh) == slice(0, 16)
-    ids_bt = np.arange(16 * 5, dtype=np.int32).reshape(16, 5)
-    out = distributed.global_batch_from_local({"ids_bt": ids_bt, "w_b": np.ones(16, np.float32)}, mesh)
-    assert out["ids_bt"].sharding == NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
-    np.testing.assert_array_equal(distributed.to_host(out)["ids_bt"], ids_bt)
-    # Named axes for every leaf; "length" has no mesh axis, so only rows are split.
-    out = distributed.global_batch_from_local(ids_bt, mesh, ("batch", "length"))
-    assert out.sharding.spec == PartitionSpec(("data", "fsdp"), None)
-    # A pytree of axes: a tuple of names at each leaf of the data.
-    tp_mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    out = distributed.global_batch_from_local({"ids_bt": ids_bt, "w_b": np.ones(16)}, tp_mesh,
-                                              {"ids_bt": ("batch", "vocab"), "w_b": (None,)})
-    assert out["ids_bt"].sharding.spec == PartitionSpec(("data", "fsdp"), None)  # 5 % 2: replicated
-    assert out["w_b"].sharding.spec == PartitionSpec(None)
-    with pytest.raises(ValueError, match="global batch of 12 rows does not divide"):
-        distributed.global_batch_from_local(np.zeros((12, 3)), mesh)
+        work.process_shard(items, 3, 3)
 
 
 def test_to_host_and_gather_single_process():
     mesh = make_mesh(MeshConfig(data=1, fsdp=8))
     x = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, PartitionSpec("fsdp")))
-    np.testing.assert_array_equal(distributed.to_host({"x": x})["x"], np.arange(32.0).reshape(8, 4))
-    assert distributed.gather_objects({"a": 1}) == [{"a": 1}]
-    distributed.barrier("single")  # no peers: returns at once
+    np.testing.assert_array_equal(to_host({"x": x})["x"], np.arange(32.0).reshape(8, 4))
+    assert work.gather_objects({"a": 1}) == [{"a": 1}]
+    work.barrier("single")  # no peers: returns at once
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +239,6 @@ def test_two_processes_compute_the_single_process_value(tmp_path):
         np.testing.assert_allclose(r["out"]["total"], h.sum(), rtol=1e-5)
         assert [g["id"] for g in r["gathered"]] == [0, 1]
         assert sum((g["items"] for g in r["gathered"]), []) == list(range(7))
-    assert [r["rows"] for r in results] == [(0, 4), (4, 8)]
     for key in ("h", "gram", "total"):  # every process holds the same global value
         np.testing.assert_array_equal(results[0]["out"][key], results[1]["out"][key])
 
@@ -296,7 +277,6 @@ def test_sharded_sft_steps_match_single_process(tmp_path):
     multi_out, single_out, (p0, p1, reference) = run_two_and_one("sft", tmp_path, "--checkpoint", str(ckpt),
                                                                   "--steps", "3")
     assert (reference["process_count"], p0["process_count"]) == (1, 2)
-    assert (p0["rows"], p1["rows"], reference["rows"]) == ((0, 4), (4, 8), (0, 8))
     assert p0["num_split_across_processes"] >= 5  # FSDP really spans both processes
     assert p0["losses"] == p1["losses"]  # replicated metrics are one value
     np.testing.assert_allclose(p0["losses"], reference["losses"], rtol=LOSS_RTOL)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from disrouter_jax import evaluate
-from disrouter_jax.cascade import engine, log, metrics, replay, report
+from disrouter_jax import evaluate, pipeline
+from disrouter_jax.cascade import engine, evaluation, log, metrics, placement, replay, report, tables
 from disrouter_jax.tasks.registry import write_examples_jsonl
 from tests.cascade import scripted_agents as sa
 
@@ -72,7 +72,7 @@ def evaluated(setup, tmp_path_factory):
     pool_paths, data_dir = setup
     workdir = tmp_path_factory.mktemp("workdir")
     config = scripted_config(pool_paths, data_dir)
-    return config, workdir, evaluate.run_evaluation(config, workdir)
+    return config, workdir, evaluation.run_evaluation(config, workdir)
 
 
 def test_report_has_every_method_alpha_and_group(evaluated):
@@ -122,7 +122,7 @@ def test_disrouter_routes_as_scripted_and_equals_the_replay(evaluated):
 
 def test_baselines_use_plain_replies_and_the_oracle_is_exact(evaluated):
     _, workdir, built = evaluated
-    plain = log.read_outcome_table(workdir / evaluate.PLAIN_OUTCOMES_FILE)
+    plain = log.read_outcome_table(workdir / tables.PLAIN_OUTCOMES_FILE)
     # Plain prompt: every scripted agent answers all but Lthree, with its own number.
     def correct(agent_level, level, gold):
         return level != 3 and sa.ANSWERS[agent_level] == gold
@@ -134,7 +134,7 @@ def test_baselines_use_plain_replies_and_the_oracle_is_exact(evaluated):
     assert figures["largest"]["accuracy"] == pytest.approx(sum(correct(2, lv, g) for lv, g in rows) / len(rows))
     assert figures["smallest"]["mean_cost"] == pytest.approx(0.1)
     assert len(plain) == 3 * len(rows)
-    fit = log.read_outcome_table(workdir / evaluate.ROUTER_TRAIN_FILE)
+    fit = log.read_outcome_table(workdir / tables.ROUTER_TRAIN_FILE)
     assert {r.query_id for r in fit} == {f"tq{i}" for i in range(len(TRAIN))}
     assert set(built["meta"]["routers"]) >= {"classifier_router", "frugalgpt", "feature_agent"}
 
@@ -165,13 +165,13 @@ def test_rerun_reuses_everything_and_rejects_other_settings(evaluated, setup, mo
 
     monkeypatch.setattr(engine, "agent_replies", no_generation)
     monkeypatch.setattr(engine.Cascade, "run", no_generation)
-    again = evaluate.run_evaluation(config, workdir)
+    again = evaluation.run_evaluation(config, workdir)
     assert again == built
     assert not list(workdir.glob("report.prev-*.json"))  # identical report: left untouched
     changed = scripted_config(*setup)
     changed.eval.cost_mode = "cumulative"
     with pytest.raises(ValueError, match="different settings.*cost_mode"):
-        evaluate.run_evaluation(changed, workdir)
+        evaluation.run_evaluation(changed, workdir)
 
 
 def test_command_line_prints_the_summary(evaluated, setup, tmp_path, capsys, monkeypatch):
@@ -213,14 +213,14 @@ def test_replay_mode_rescores_any_subpool_without_models(evaluated, monkeypatch)
     # The full pool with its own costs reproduces the evaluation's DiSRouter figures.
     full = config.copy_and_resolve_references()
     full.eval.replay_pool, full.eval.replay_costs = ("agent0", "agent1", "agent2"), "pool"
-    again = evaluate.run_replay(full, workdir, full.eval.replay_pool)
+    again = evaluation.run_replay(full, workdir, full.eval.replay_pool)
     for key in again["alphas"]:
         assert again["results"][key]["all"]["disrouter"] == built["results"][key]["all"]["disrouter"]
     # A sub-pool: its last agent answers the plain prompt, as the engine would prompt it.
     for subpool, levels in ((("agent0", "agent1"), (0, 1)),):
         sub = config.copy_and_resolve_references()
         sub.eval.replay_pool = subpool
-        got = evaluate.run_replay(sub, workdir, subpool)
+        got = evaluation.run_replay(sub, workdir, subpool)
         assert got["agents"] == list(subpool) and got["costs"] == {subpool[0]: 0.1, subpool[1]: 0.9}
         out = workdir / "replay" / "+".join(subpool)
         cascade = [r for r in log.read_routing_log(out / report.ROUTING_LOG_FILE) if r.method == "disrouter"]
@@ -240,9 +240,9 @@ def test_replay_mode_rescores_any_subpool_without_models(evaluated, monkeypatch)
 
 
 def test_split_devices_is_disjoint_and_gives_spares_to_big_agents():
-    assert evaluate.split_devices(8, 3) == [(0, 1), (2, 3, 4), (5, 6, 7)]
-    assert evaluate.split_devices(8, 5) == [(0,), (1,), (2, 3), (4, 5), (6, 7)]
-    assert evaluate.split_devices(1, 3) == [(0,), (0,), (0,)]
+    assert placement.split_devices(8, 3) == [(0, 1), (2, 3, 4), (5, 6, 7)]
+    assert placement.split_devices(8, 5) == [(0,), (1,), (2, 3), (4, 5), (6, 7)]
+    assert placement.split_devices(1, 3) == [(0,), (0,), (0,)]
 
 
 def test_baselines_and_forced_answers_come_from_the_pool_before_training(setup, tmp_path):
@@ -251,10 +251,10 @@ def test_baselines_and_forced_answers_come_from_the_pool_before_training(setup, 
     pool_paths, data_dir = setup
     config = scripted_config(pool_paths, data_dir)
     config.eval.routers = ()
-    base_specs = evaluate.pipeline.ensure_pool(config, tmp_path)
+    base_specs = pipeline.ensure_pool(config, tmp_path)
     # "Trained" agent0 behaves like scripted level 1 (answers 42, refuses less).
     trained = [dataclasses.replace(base_specs[0], path=str(pool_paths[1]))] + list(base_specs[1:])
-    built = evaluate.run_evaluation(config, tmp_path, specs=trained, base_specs=base_specs)
+    built = evaluation.run_evaluation(config, tmp_path, specs=trained, base_specs=base_specs)
     rows = EVAL + OOD
     figures = built["results"]["0.2"]["all"]
     smallest_base = sum(lv != 3 and sa.ANSWERS[0] == gold for lv, gold in rows) / len(rows)
@@ -287,7 +287,7 @@ def test_sft_ablation_runs_the_cascade_with_the_agents_as_sft_left_them(setup, t
     config.eval.routers = ()
     for name, source in (("agent0", pool_paths[1]), ("agent1", pool_paths[1])):
         shutil.copytree(source, tmp_path / "agents" / name / "sft" / "export")
-    built = evaluate.run_evaluation(config, tmp_path)
+    built = evaluation.run_evaluation(config, tmp_path)
     assert report.SFT_ONLY in built["methods"]
     assert "vs_disrouter" in built["results"]["0.5"]["all"][report.SFT_ONLY]
     records = log.read_routing_log(tmp_path / report.ROUTING_LOG_FILE)
@@ -304,7 +304,7 @@ def test_sft_ablation_runs_the_cascade_with_the_agents_as_sft_left_them(setup, t
     shutil.rmtree(tmp_path / "agents" / "agent1")
     other = tmp_path / "other"
     shutil.copytree(tmp_path / "agents", other / "agents")
-    assert report.SFT_ONLY not in evaluate.run_evaluation(config, other)["methods"]
+    assert report.SFT_ONLY not in evaluation.run_evaluation(config, other)["methods"]
 
 
 def test_share_table_lists_every_agent_per_alpha(evaluated):
@@ -338,7 +338,7 @@ def test_agents_data_and_workdir_on_an_object_store_give_the_local_run_files(eva
         storage.upload_tree(path, f"{base}/pool/{k}", last=("config.json",))
     storage.upload_tree(data_dir, f"{base}/data")
     remote = scripted_config([f"{base}/pool/{k}" for k in range(len(pool_paths))], f"{base}/data")
-    assert evaluate.run_evaluation(remote, f"{base}/run") == built
+    assert evaluation.run_evaluation(remote, f"{base}/run") == built
 
     run = storage.path(f"{base}/run")
     # The module's replay tests add sub-pool reports under the shared local workdir (replay/);
@@ -347,8 +347,8 @@ def test_agents_data_and_workdir_on_an_object_store_give_the_local_run_files(eva
              if p.is_file() and p.relative_to(workdir).parts[0] != "replay"}
     in_bucket = {str(p)[len(str(run)) + 1:] for p in _walk(run)}
     assert in_bucket == local
-    for name in (report.REPORT_FILE, report.ROUTING_LOG_FILE, report.OUTCOMES_FILE, evaluate.PLAIN_OUTCOMES_FILE,
-                 evaluate.ROUTER_TRAIN_FILE, "eval/replies/agent0.jsonl", "eval/cascade_stats.json"):
+    for name in (report.REPORT_FILE, report.ROUTING_LOG_FILE, report.OUTCOMES_FILE, tables.PLAIN_OUTCOMES_FILE,
+                 tables.ROUTER_TRAIN_FILE, "eval/replies/agent0.jsonl", "eval/cascade_stats.json"):
         assert (run / name).read_bytes() == (workdir / name).read_bytes(), name
     assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == []
 

@@ -23,9 +23,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from disrouter_jax import evaluate, pipeline, task_data
+from disrouter_jax import pipeline, task_data
 from disrouter_jax.agents import AgentSpec, load_agent
 from disrouter_jax.cascade import log, report
+from disrouter_jax.cascade.queries import evaluation_queries
 from disrouter_jax.selfaware.data import read_labels_jsonl
 from disrouter_jax.tasks.prompts import REFUSAL
 from disrouter_jax.tasks.registry import IN_DOMAIN, OUT_OF_DOMAIN
@@ -149,7 +150,7 @@ def test_exported_agents_load_in_transformers_with_qwen25s_template(paper_run, q
 
 def _eval_queries(paper_run):
     workdir, _, _, config = paper_run
-    return {q.key: q for q in evaluate.evaluation_queries(config, workdir)}
+    return {q.key: q for q in evaluation_queries(config, workdir)}
 
 
 def test_report_has_both_groups_and_one_row_per_dataset(paper_run):

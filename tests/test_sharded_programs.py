@@ -34,7 +34,7 @@ import pytest
 from flax import nnx
 
 from disrouter_jax import sharding
-from disrouter_jax.generation import engine, sampling
+from disrouter_jax.generation import engine, inputs, sampling
 from disrouter_jax.models import hf_io
 from disrouter_jax.training.sft import make_sft_step
 from disrouter_jax.training.state import create_train_state
@@ -106,7 +106,7 @@ def compile_programs(ckpt, mesh) -> tuple[dict[str, str], str]:
     model = hf_io.from_pretrained(ckpt, mesh=mesh)
     vocab = model.config.vocab_size
     ids = jnp.zeros((BATCH, WIDTH), jnp.int32)
-    placement = engine._Placement(model, None)
+    placement = inputs.Placement(model, None)
     graphdef, state = nnx.split(model)
     prompt_bt = placement.batch(np.ones((BATCH, WIDTH), np.int32))
     mask_bt = placement.batch(np.ones((BATCH, WIDTH), np.bool_))

@@ -1,6 +1,6 @@
 """Every compared method's routing records from outcome tables — no model runs here.
 
-Used by the live evaluation (``disrouter_jax.evaluate``) and by its replay mode alike, so a
+Used by the live evaluation (``cascade.evaluation``) and by its replay mode alike, so a
 replayed sub-pool is scored by exactly the same code as the full run.
 
 * :func:`baseline_records`: Smallest, Largest, Random (uniform, cost-matched), Oracle.

@@ -5,8 +5,8 @@ figure in report.json can be recomputed from routing_log.jsonl (:func:`recompute
 Layout: ``results[alpha_key][group][method] -> figures`` (see ``metrics.evaluate_group``);
 groups are "all", "in_domain", "out_of_domain" and "dataset:<name>".
 
-Writing never silently overwrites: the new report is written to a temporary file and renamed
-into place; a different existing report.json is first kept as ``report.prev-NNN.json`` (the next
+Writing never silently overwrites: the new report is written atomically (``storage.write_text``);
+a different existing report.json is first kept as ``report.prev-NNN.json`` (the next
 free number, so no earlier version is ever lost); an identical one is left untouched.
 """
 
@@ -128,21 +128,11 @@ def write_report(workdir: str | os.PathLike, report: Mapping) -> Path:
     target = workdir / REPORT_FILE
     if target.exists() and target.read_text(encoding="utf-8") == text:
         return target
-    if storage.is_url(workdir):
-        # No rename on an object store: the previous report is copied aside, then replaced by one put.
-        if target.exists():
-            storage.write_bytes(_next_prev_path(workdir), target.read_bytes())
-        return storage.write_text(target, text)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f".{REPORT_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Copied aside, then replaced by one atomic write: an object store cannot rename, and one
+    # path for both keeps a local run's files the same as a bucket's.
     if target.exists():
-        os.replace(target, _next_prev_path(workdir))
-    os.replace(tmp, target)
-    return target
+        storage.write_bytes(_next_prev_path(workdir), target.read_bytes())
+    return storage.write_text(target, text)
 
 
 def read_report(path: str | os.PathLike) -> dict:

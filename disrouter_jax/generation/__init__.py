@@ -6,7 +6,8 @@
 
 from disrouter_jax.generation.buckets import BucketConfig, plan_batches, round_up
 from disrouter_jax.generation.chat import chat_prompt_ids, generate_chat, stop_token_ids_for
-from disrouter_jax.generation.engine import TRACE_COUNTS, default_stop_token_ids, generate
+from disrouter_jax.generation.engine import TRACE_COUNTS, generate
+from disrouter_jax.generation.inputs import default_stop_token_ids
 from disrouter_jax.generation.results import FINISH_REASONS, Generation
 from disrouter_jax.generation.sampling import SamplingMode, sample_tokens, token_logprobs
 

@@ -23,6 +23,7 @@ import collections
 import itertools
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +32,11 @@ from flax import nnx
 
 from disrouter_jax import runtime
 from disrouter_jax import sharding as sharding_lib
-from disrouter_jax.generation import sampling
+from disrouter_jax.generation import inputs, sampling
 from disrouter_jax.generation.buckets import (
     Batch,
     BucketConfig,
     Plan,
-    next_power_of_two,
     plan_batches,
 )
 from disrouter_jax.generation.results import FINISH_REASONS, Generation
@@ -113,6 +113,32 @@ def decode_head(model):
     return model.tied_head_dv()
 
 
+class _DecodeState(NamedTuple):
+    """The decode loop's carry. Row ``b`` is one decode row; the ``_bn`` buffers hold one slot per
+    new token, written at ``step`` (the number of tokens generated so far)."""
+
+    step: jax.Array
+    cache: KVCache
+    logits_bv: jax.Array  # what the next token is chosen from
+    position_b: jax.Array  # the next token's position
+    tokens_bn: jax.Array  # _PAD_ID after a row finished
+    logprobs_bn: jax.Array  # temperature 1 (Generation.logprobs)
+    sample_logprobs_bn: jax.Array  # at the sampling temperature (Generation.sampling_logprobs)
+    num_tokens_b: jax.Array
+    finish_b: jax.Array  # _RUNNING until the row finishes, then its finish code
+
+
+class _DecodeOutputs(NamedTuple):
+    """What one decode call returns: the finished loop state without the cache and logits (a row
+    still running at the token budget is marked ``_LENGTH``); numpy arrays once on the host."""
+
+    tokens_bn: Any
+    logprobs_bn: Any
+    sample_logprobs_bn: Any
+    num_tokens_b: Any
+    finish_b: Any
+
+
 def _decode(
     graphdef, state, cache, logits_bv, next_position_b, active_b, key_index_b, sample_index_b,
     seed, temperature, top_p, stop_ids_s, max_new_tokens, stream_id,
@@ -135,75 +161,74 @@ def _decode(
         # One more log-softmax over the vocabulary: cheap next to the LM head's matmul.
         return tokens_b, logprobs_b, sampling.token_logprobs(logits_bv / temperature, tokens_b)
 
-    def record(carry, tokens_b, logprobs_b, sample_logprobs_b):
-        step = carry["step"]
-        running_b = carry["finish_b"] == _RUNNING
+    def record(loop: _DecodeState, tokens_b, logprobs_b, sample_logprobs_b) -> _DecodeState:
+        step = loop.step
+        running_b = loop.finish_b == _RUNNING
         write = lambda buf, x: jax.lax.dynamic_update_slice(  # noqa: E731
             buf, x[:, None].astype(buf.dtype), (0, step)
         )
-        carry = dict(carry)
-        carry["tokens_bn"] = write(carry["tokens_bn"], jnp.where(running_b, tokens_b, _PAD_ID))
-        carry["logprobs_bn"] = write(carry["logprobs_bn"], logprobs_b)
-        carry["sample_logprobs_bn"] = write(carry["sample_logprobs_bn"], sample_logprobs_b)
-        carry["num_tokens_b"] = carry["num_tokens_b"] + running_b.astype(jnp.int32)
+        tokens_bn = write(loop.tokens_bn, jnp.where(running_b, tokens_b, _PAD_ID))
         stopped_b = running_b & jnp.isin(tokens_b, stop_ids_s)
-        finish_b = jnp.where(stopped_b, _STOP, carry["finish_b"])
+        finish_b = jnp.where(stopped_b, _STOP, loop.finish_b)
         if early_stop is not None:
-            wants_b = jnp.asarray(early_stop(carry["tokens_bn"], step + 1), jnp.bool_)
+            wants_b = jnp.asarray(early_stop(tokens_bn, step + 1), jnp.bool_)
             finish_b = jnp.where(running_b & ~stopped_b & wants_b, _EARLY, finish_b)
-        carry["finish_b"] = finish_b
-        carry["step"] = step + 1
-        return carry
+        return loop._replace(
+            step=step + 1,
+            tokens_bn=tokens_bn,
+            logprobs_bn=write(loop.logprobs_bn, logprobs_b),
+            sample_logprobs_bn=write(loop.sample_logprobs_bn, sample_logprobs_b),
+            num_tokens_b=loop.num_tokens_b + running_b.astype(jnp.int32),
+            finish_b=finish_b,
+        )
 
-    carry = {
-        "step": jnp.zeros((), jnp.int32),
-        "cache": cache,
-        "logits_bv": logits_bv,
-        "position_b": next_position_b,
-        "tokens_bn": _batch_constrain(jnp.full((batch, buffer_length), _PAD_ID, jnp.int32), ctx),
-        "logprobs_bn": _batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
-        "sample_logprobs_bn": _batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
-        "num_tokens_b": jnp.zeros((batch,), jnp.int32),
+    loop = _DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits_bv=logits_bv,
+        position_b=next_position_b,
+        tokens_bn=_batch_constrain(jnp.full((batch, buffer_length), _PAD_ID, jnp.int32), ctx),
+        logprobs_bn=_batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
+        sample_logprobs_bn=_batch_constrain(jnp.zeros((batch, buffer_length), jnp.float32), ctx),
+        num_tokens_b=jnp.zeros((batch,), jnp.int32),
         # Batch-padding rows start finished so they never keep the loop alive.
-        "finish_b": jnp.where(active_b, _RUNNING, _LENGTH).astype(jnp.int32),
-    }
+        finish_b=jnp.where(active_b, _RUNNING, _LENGTH).astype(jnp.int32),
+    )
 
-    def cond(carry):
-        return (carry["step"] < max_new_tokens) & jnp.any(carry["finish_b"] == _RUNNING)
+    def cond(loop: _DecodeState):
+        return (loop.step < max_new_tokens) & jnp.any(loop.finish_b == _RUNNING)
 
-    def body(carry):
+    def body(loop: _DecodeState) -> _DecodeState:
         # Sample from the logits in hand, then run the model on the new token. The last
         # iteration's model step is wasted (one step per batch), but the sampler is compiled
         # once instead of twice (peeling the first token doubles its compile time).
-        tokens_b, logprobs_b, sample_logprobs_b = choose(carry["logits_bv"], carry["step"])
+        tokens_b, logprobs_b, sample_logprobs_b = choose(loop.logits_bv, loop.step)
         if stream:
             # Only a call with a listener pays the host round trip (stream_id -1: nobody listens),
             # so one program serves both; the callback reads the tokens, it changes nothing.
-            emitted_b = jnp.where(carry["finish_b"] == _RUNNING, tokens_b, _PAD_ID)
-            jax.lax.cond(stream_id >= 0, lambda: jax.debug.callback(_emit_tokens, stream_id, carry["step"], emitted_b),
+            emitted_b = jnp.where(loop.finish_b == _RUNNING, tokens_b, _PAD_ID)
+            jax.lax.cond(stream_id >= 0, lambda: jax.debug.callback(_emit_tokens, stream_id, loop.step, emitted_b),
                          lambda: None)
-        carry = record(carry, tokens_b, logprobs_b, sample_logprobs_b)
+        loop = record(loop, tokens_b, logprobs_b, sample_logprobs_b)
         logits_b1v, cache = model.extend(
             tokens_b[:, None],
-            carry["position_b"][:, None],
+            loop.position_b[:, None],
             jnp.ones((batch, 1), jnp.bool_),
-            carry["cache"],
+            loop.cache,
             head_dv=head_dv,
         )
-        carry.update(cache=cache, logits_bv=logits_b1v[:, 0], position_b=carry["position_b"] + 1)
-        return carry
+        return loop._replace(cache=cache, logits_bv=logits_b1v[:, 0], position_b=loop.position_b + 1)
 
-    carry = jax.lax.while_loop(cond, body, carry)
-    finish_b = jnp.where(carry["finish_b"] == _RUNNING, _LENGTH, carry["finish_b"])
-    outputs = {
-        "tokens_bn": carry["tokens_bn"],
-        "logprobs_bn": carry["logprobs_bn"],
-        "sample_logprobs_bn": carry["sample_logprobs_bn"],
-        "num_tokens_b": carry["num_tokens_b"],
-        "finish_b": finish_b,
-    }
+    loop = jax.lax.while_loop(cond, body, loop)
+    outputs = _DecodeOutputs(
+        tokens_bn=loop.tokens_bn,
+        logprobs_bn=loop.logprobs_bn,
+        sample_logprobs_bn=loop.sample_logprobs_bn,
+        num_tokens_b=loop.num_tokens_b,
+        finish_b=jnp.where(loop.finish_b == _RUNNING, _LENGTH, loop.finish_b),
+    )
     # Returning the cache lets XLA alias the donated input buffer, so the loop updates it in place.
-    return outputs, carry["cache"]
+    return outputs, loop.cache
 
 
 _decode_jit = runtime.jit(
@@ -229,100 +254,6 @@ def _prefill_program():
 
 def _decode_program(rows: int):
     return _decode_jit if runtime.xla_dots_win(rows) else _decode_jit.default
-
-
-def default_stop_token_ids(model) -> tuple[int, ...]:
-    eos = model.config.eos_token_id
-    if eos is None:
-        return ()
-    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
-
-
-def _padded_stop_ids(stop_token_ids) -> np.ndarray:
-    """Stop ids padded with -1 (never a token) to a power of two >= 4, so that stop sets of
-    similar size share one compiled program."""
-    ids = sorted({int(t) for t in stop_token_ids})
-    if any(t < 0 for t in ids):
-        raise ValueError(f"stop_token_ids must be >= 0, got {ids}")
-    padded = np.full(next_power_of_two(max(len(ids), 4)), -1, np.int32)
-    padded[: len(ids)] = ids
-    return padded
-
-
-def _validate_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
-    if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
-        prompts = list(prompts)  # equal-length prompts as one [P, T] array
-    if len(prompts) and isinstance(prompts[0], (int, np.integer)):
-        raise TypeError("prompts must be a sequence of token-id sequences (one per prompt), "
-                        "got a flat sequence of ints")
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = np.asarray(prompt)
-        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"prompts[{i}]: expected a non-empty 1-D sequence of token ids, "
-                             f"got shape {ids.shape} dtype {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= vocab_size:
-            raise ValueError(f"prompts[{i}]: token ids must be in [0, {vocab_size}), "
-                             f"got range [{ids.min()}, {ids.max()}]")
-        out.append(ids.astype(np.int32))
-    return out
-
-
-def _batch_axes_size(mesh, rules) -> int:
-    rule_map = dict(sharding_lib.DEFAULT_RULES if rules is None else rules)
-    return int(np.prod([mesh.shape[axis] for axis in rule_map["batch"]]))
-
-
-class _Placement:
-    """Where arrays go: the model's mesh (or the one given), or the default device."""
-
-    def __init__(self, model, mesh):
-        ctx = model.sharding
-        if mesh is not None:
-            mesh = sharding_lib.auto_mesh(mesh)  # as the model's (ShardingContext)
-        if ctx is not None and mesh is not None and mesh != ctx.mesh:
-            raise ValueError("generate(mesh=...) differs from the mesh the model was loaded on; "
-                             "load the model with that mesh or pass mesh=None")
-        self.mesh = ctx.mesh if ctx is not None else mesh
-        self.rules = ctx.rules if ctx is not None else None
-        self.model_on_mesh = ctx is not None
-
-    @property
-    def batch_shards(self) -> int:
-        return 1 if self.mesh is None else _batch_axes_size(self.mesh, self.rules)
-
-    def state(self, state):
-        if self.mesh is None or self.model_on_mesh:
-            return state
-        # An unsharded model run on a mesh: replicate its weights there (once per call).
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        return jax.device_put(state, replicated)
-
-    def batch(self, array: np.ndarray):
-        axes = ("batch",) + ("length",) * (array.ndim - 1)
-        return self._place(array, axes)
-
-    def replicated(self, array):
-        return self._place(np.asarray(array), (None,) * np.ndim(array))
-
-    def _place(self, array: np.ndarray, axes):
-        if self.mesh is None:
-            return jnp.asarray(array)
-        # Every process holds the same host array; each device takes its own slice (this also
-        # works when the mesh spans several processes).
-        target = sharding_lib.named_sharding(axes, array.shape, self.mesh, self.rules)
-        return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
-
-
-def _to_host(tree) -> dict[str, np.ndarray]:
-    def one(x):
-        if x.is_fully_addressable:
-            return np.asarray(jax.device_get(x))
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
 
 
 def _progress_bar(total: int, progress: bool | None):
@@ -405,12 +336,12 @@ def generate(
         )
     sampling.validate_sampling(temperature, top_k, top_p)
     mode = sampling.SamplingMode.from_params(temperature, top_k, top_p)
-    prompt_ids = _validate_prompts(prompts, model.config.vocab_size)
-    key_ids = _validate_key_ids(key_ids, len(prompt_ids))
+    prompt_ids = inputs.validate_prompts(prompts, model.config.vocab_size)
+    key_ids = inputs.validate_key_ids(key_ids, len(prompt_ids))
     if stop_token_ids is None:
-        stop_token_ids = default_stop_token_ids(model)
-    stop_ids = _padded_stop_ids(stop_token_ids)
-    placement = _Placement(model, mesh)
+        stop_token_ids = inputs.default_stop_token_ids(model)
+    stop_ids = inputs.padded_stop_ids(stop_token_ids)
+    placement = inputs.Placement(model, mesh)
     plan = plan_batches(
         [len(p) for p in prompt_ids],
         num_samples=num_samples,
@@ -435,27 +366,16 @@ def generate(
     results: list[list[Generation | None]] = [[None] * num_samples for _ in prompt_ids]
     with _progress_bar(len(plan.batches), progress) as bar:
         for batch in plan.batches:
-            outputs = _run_batch(graphdef, state, batch, plan, prompt_ids, key_ids, placement, scalars,
-                                 cache_dtype=cache_dtype, mode=mode, early_stop=early_stop, stream=stream,
-                                 on_tokens=on_tokens)
-            _collect(outputs, num_samples, include_stop, results)
+            outputs, prompt_index_b, sample_index_b = _run_batch(
+                graphdef, state, batch, plan, prompt_ids, key_ids, placement, scalars, cache_dtype=cache_dtype,
+                mode=mode, early_stop=early_stop, stream=stream, on_tokens=on_tokens)
+            _collect(outputs, prompt_index_b, sample_index_b, num_samples, include_stop, results)
             bar.update(1)
     return results  # type: ignore[return-value]
 
 
-def _validate_key_ids(key_ids, num_prompts: int) -> np.ndarray:
-    if key_ids is None:
-        return np.arange(num_prompts, dtype=np.int32)
-    ids = np.asarray(key_ids)
-    if ids.shape != (num_prompts,) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"key_ids: expected one integer per prompt ({num_prompts}), got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
-        raise ValueError(f"key_ids must be in [0, 2**31), got range [{ids.min()}, {ids.max()}]")
-    return ids.astype(np.int32)
-
-
 def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, placement, scalars, *,
-               cache_dtype, mode, early_stop, stream=False, on_tokens=None) -> dict[str, np.ndarray]:
+               cache_dtype, mode, early_stop, stream=False, on_tokens=None):
     rows, length, per_row = batch.batch_size, batch.prompt_length, plan.samples_per_row
     prompt_bt = np.zeros((rows, length), np.int32)
     mask_bt = np.zeros((rows, length), np.bool_)
@@ -494,31 +414,30 @@ def _run_batch(graphdef, state, batch: Batch, plan: Plan, prompt_ids, key_ids, p
             placement.batch(sample_index_b), **scalars, stream_id=placement.replicated(np.int32(stream_id)),
             buffer_length=plan.new_tokens_length, mode=mode, early_stop=early_stop, stream=stream,
         )
-        outputs = _to_host(outputs)
+        outputs = sharding_lib.to_host(outputs)
         if on_tokens is not None:
             jax.effects_barrier()  # every step's callback has run before the listener goes
     finally:
         _STREAMS.pop(stream_id, None)
-    outputs["prompt_index_b"] = prompt_index_b
-    outputs["sample_index_b"] = sample_index_b
-    return outputs
+    return outputs, prompt_index_b, sample_index_b
 
 
-def _collect(outputs, num_samples: int, include_stop: bool, results):
+def _collect(outputs: _DecodeOutputs, prompt_index_b, sample_index_b, num_samples: int, include_stop: bool,
+             results):
     """Cuts each decode row at its length and files it under [prompt][sample]."""
-    rows = zip(outputs["prompt_index_b"], outputs["sample_index_b"])
+    rows = zip(prompt_index_b, sample_index_b)
     for row, (prompt, sample) in enumerate(rows):
         if prompt < 0 or sample >= num_samples:
             continue
-        count = int(outputs["num_tokens_b"][row])
-        reason = _CODE_TO_REASON[int(outputs["finish_b"][row])]
-        tokens = outputs["tokens_bn"][row, :count]
+        count = int(outputs.num_tokens_b[row])
+        reason = _CODE_TO_REASON[int(outputs.finish_b[row])]
+        tokens = outputs.tokens_bn[row, :count]
         stop_token = int(tokens[-1]) if reason == "stop" else None
         keep = count if include_stop or reason != "stop" else count - 1
         results[prompt][sample] = Generation(
             tokens=tokens[:keep].copy(),
-            logprobs=outputs["logprobs_bn"][row, :keep].copy(),
+            logprobs=outputs.logprobs_bn[row, :keep].copy(),
             finish_reason=reason,
             stop_token=stop_token,
-            sampling_logprobs=outputs["sample_logprobs_bn"][row, :keep].copy(),
+            sampling_logprobs=outputs.sample_logprobs_bn[row, :keep].copy(),
         )

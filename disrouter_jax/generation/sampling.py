@@ -103,19 +103,25 @@ def sample_tokens(logits_bv, keys_b, temperature, top_p, mode: SamplingMode):
     return jnp.take_along_axis(ids_bk, choice_b[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def token_logprobs(logits_bv, tokens_b, max_b1=None):
-    """``log_softmax(logits)[token]`` per row, float32 (``max_b1``: the rows' max, if known).
+def token_logprobs(logits_xv, tokens_x, max_x1=None):
+    """``log_softmax(logits)[token]`` at every position, float32: ``[..., V], [...] -> [...]``
+    (``max_x1``: the positions' max over the vocabulary, ``[..., 1]``, if known).
+
+    The one definition for both sides of the RL ratio: the rollout's "old" log-probs (decode, one
+    ``[B, V]`` step at a time) and the train step's ``[B, T, V]`` ones, so the two can only differ
+    by the logits, never by how they are turned into log-probs. Targets must be valid vocabulary
+    ids (a padding position holds a real id such as pad_id).
 
     ``jax.nn.log_softmax``'s terms (``x - max`` less the log-sum-exp of that), taken at the chosen
     token only: the full ``[B, V]`` log-softmax was written out and read back once per decode step.
     """
-    x_bv = logits_bv.astype(jnp.float32)
-    if max_b1 is None:
-        max_b1 = jnp.max(x_bv, axis=-1, keepdims=True)
-    max_b1 = jax.lax.stop_gradient(max_b1)
-    logsumexp_b = jnp.log(jnp.sum(jnp.exp(x_bv - max_b1), axis=-1))
-    chosen_b = jnp.take_along_axis(x_bv, tokens_b[:, None], axis=-1)[:, 0]
-    return (chosen_b - max_b1[:, 0]) - logsumexp_b
+    x_xv = jnp.asarray(logits_xv).astype(jnp.float32)
+    if max_x1 is None:
+        max_x1 = jnp.max(x_xv, axis=-1, keepdims=True)
+    max_x1 = jax.lax.stop_gradient(max_x1)
+    logsumexp_x = jnp.log(jnp.sum(jnp.exp(x_xv - max_x1), axis=-1))
+    chosen_x = jnp.take_along_axis(x_xv, jnp.asarray(tokens_x)[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return (chosen_x - max_x1[..., 0]) - logsumexp_x
 
 
 def step_keys(row_keys_b, step):

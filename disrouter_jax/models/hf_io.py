@@ -181,14 +181,6 @@ def _place(array: np.ndarray, variable, mesh, rules) -> jax.Array:
     return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def save_pretrained(
     model: Decoder,
     out_dir: str | os.PathLike,
@@ -266,7 +258,7 @@ def save_pretrained(
         tensors = {}
         for name in names:
             rule, path = table[name]
-            tensors[name] = rule.to_hf(_to_host(variables[path].get_value())).astype(
+            tensors[name] = rule.to_hf(sharding_lib.to_host(variables[path].get_value())).astype(
                 out_dtype(variables[path])
             )
             weight_map[name] = filename
@@ -289,9 +281,7 @@ def save_pretrained(
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 __all__ = [

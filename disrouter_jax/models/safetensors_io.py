@@ -12,12 +12,13 @@ Format: 8-byte little-endian header length N, N bytes of JSON header
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from disrouter_jax import storage
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -117,10 +118,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict |
         arrays.append(array)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with storage.atomic_file(path) as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for array in arrays:
             f.write(array.tobytes())
-    os.replace(tmp, path)

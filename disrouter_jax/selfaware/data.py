@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -141,21 +140,11 @@ def write_labels_jsonl(path: str | os.PathLike, records: Iterable[LabelRecord], 
         lines = [_label_line(path, record) for record in records]
         storage.write_text(path, "".join(lines))  # one put: the object appears whole or not at all
         return len(lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(_label_line(path, record))
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with storage.atomic_file(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(_label_line(path, record))
+            count += 1
     return count
 
 

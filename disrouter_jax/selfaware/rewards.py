@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from disrouter_jax.generation.sampling import token_logprobs
+
 DEFAULT_GAMMA = 0.5
 
 # Reward of a correct / wrong answer; the refusal reward depends on the scenario (refusal_reward).
@@ -119,17 +121,6 @@ def group_advantages(rewards_bg, *, normalize: bool, eps: float = 1e-6):
     # ulp, which `/ (0 + eps)` would amplify into a large spurious advantage.
     constant_group = jnp.all(rewards == rewards[:, :1], axis=-1, keepdims=True)
     return jnp.where(constant_group, 0.0, centered)
-
-
-def token_logprobs(logits_btv, targets_bt):
-    """log softmax(logits)[target] per position, computed in float32: [B, T, V], [B, T] -> [B, T].
-
-    Targets must be valid vocabulary ids (padding positions hold a real id such as pad_id).
-    """
-    logits = jnp.asarray(logits_btv).astype(jnp.float32)
-    targets = jnp.asarray(targets_bt)
-    target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return target_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
 def greedy_hits(logits_btv, targets_bt):

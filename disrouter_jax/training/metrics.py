@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -96,14 +95,7 @@ class MetricsWriter:
 
     def _truncate_after(self, step: int) -> None:
         kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), int) and r["step"] <= step]
-        if self._remote:
-            storage.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
-            return
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        storage.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes one record (a host sync for device values) and returns it."""

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from disrouter_jax.generation.sampling import token_logprobs
 from disrouter_jax.selfaware import rewards
 from disrouter_jax.training.optim import OptimConfig
 from disrouter_jax.training.sft import TokenBatch, check_same_shape, forward_logits, safe_targets
@@ -155,7 +156,7 @@ def rl_batch_from_rollouts(
 def rl_loss(model, batch: RLBatch, cfg: RLConfig):
     """(token-mean policy-gradient loss, number of response tokens, token-mean metrics)."""
     logits_btv = forward_logits(model, batch)
-    logprobs_bt = rewards.token_logprobs(logits_btv, safe_targets(batch))
+    logprobs_bt = token_logprobs(logits_btv, safe_targets(batch))
     loss, metrics = rewards.policy_gradient_loss(
         logprobs_bt,
         batch.old_logprobs_bt,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from disrouter_jax.generation.sampling import token_logprobs
 from disrouter_jax.models.decoder import default_positions
 from disrouter_jax.selfaware import rewards
 from disrouter_jax.training.optim import OptimConfig
@@ -126,7 +127,7 @@ def make_sft_step(optim: OptimConfig):
 
 @nnx.jit
 def _sequence_logprobs(model, batch):
-    logprobs_bt = rewards.token_logprobs(forward_logits(model, batch), safe_targets(batch))
+    logprobs_bt = token_logprobs(forward_logits(model, batch), safe_targets(batch))
     return jnp.where(batch.loss_mask_bt > 0, logprobs_bt, 0.0)
 
 

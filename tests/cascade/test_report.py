@@ -141,7 +141,7 @@ def test_write_report_never_silently_overwrites(tmp_path):
     assert report.read_report(path)["meta"] == {"version": 1}
     assert json.loads((tmp_path / "report.prev-001.json").read_text())["meta"] == {"version": 1}
     assert json.loads((tmp_path / "report.prev-002.json").read_text())["meta"] == {"version": 2}
-    assert not list(tmp_path.glob(".report.json.tmp-*"))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
 def test_read_report_rejects_other_files(tmp_path):

@@ -71,6 +71,22 @@ def test_token_logprobs_are_log_softmax():
     np.testing.assert_allclose(got, np.log([PROBS[0], PROBS[-1]]), rtol=1e-5)
 
 
+def test_token_logprobs_of_training_positions_match_log_softmax_in_float32():
+    # The train step's [B, T, V] bfloat16 logits: the other side of the RL ratio, same function.
+    logits = (3.0 * jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7))).astype(jnp.bfloat16)
+    targets = jnp.array([[0, 6, 3], [2, 2, 5]])
+    got = sampling.token_logprobs(logits, targets)
+    assert got.dtype == jnp.float32 and got.shape == (2, 3)
+    ref = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float32), axis=-1))
+    expected = np.take_along_axis(ref, np.asarray(targets)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # Its gradient is log-softmax's, one-hot(target) - softmax: the max it subtracts is constant.
+    x = np.asarray(logits, np.float32)
+    grad = jax.grad(lambda v: sampling.token_logprobs(v, targets).sum())(jnp.asarray(x))
+    want = np.eye(7)[np.asarray(targets)] - np.asarray(jax.nn.softmax(x, axis=-1))
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+
+
 def test_row_keys_depend_only_on_seed_prompt_and_sample():
     a = sampling.row_keys(3, jnp.array([0, 1, 1]), jnp.array([0, 0, 1]))
     b = sampling.row_keys(3, jnp.array([1, 0]), jnp.array([1, 0]))

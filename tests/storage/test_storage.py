@@ -47,6 +47,23 @@ def test_local_paths_stay_pathlib_and_writes_are_atomic(tmp_path):
     assert target.read_text() == "two\nthree\n" and os.listdir(target.parent) == ["report.json"]
 
 
+def test_a_write_that_fails_part_way_leaves_the_old_file(tmp_path):
+    target = tmp_path / "labels.jsonl"
+    storage.write_text(target, "old\n")
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with storage.atomic_file(target, "w", encoding="utf-8") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("disk gone")
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["labels.jsonl"]
+    with storage.atomic_file(target, "w", encoding="utf-8") as handle:
+        handle.write("new\n")
+    assert target.read_text() == "new\n" and os.listdir(tmp_path) == ["labels.jsonl"]
+    # Permissions as a plain open gives them (the umask's), not a private temporary file's 0600.
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert target.stat().st_mode == plain.stat().st_mode
+
+
 def test_a_url_that_went_through_pathlib_is_refused():
     assert storage.is_url("gs://b/x") and storage.is_url("s3://b/x") and not storage.is_url("/gs/b")
     with pytest.raises(ValueError, match=r"'gs:/b/run'.*gs://bucket"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from disrouter_jax.generation.sampling import token_logprobs
 from disrouter_jax.models import qwen2
 from disrouter_jax.selfaware import rewards
 from disrouter_jax.selfaware.data import bucket_pad_batch, tokenize_sft_example
@@ -54,7 +55,7 @@ def test_loss_covers_exactly_the_response_tokens(model):
 def test_loss_is_token_mean_of_response_nll(model):
     batch = sft_batch()
     logits = _forward(model, jnp.asarray(batch.input_ids_bt))
-    logp = np.asarray(rewards.token_logprobs(logits, jnp.asarray(batch.targets_bt)))
+    logp = np.asarray(token_logprobs(logits, jnp.asarray(batch.targets_bt)))
     mask = batch.loss_mask_bt
     expected = -(logp * mask).sum() / mask.sum()
     loss, num_tokens, metrics = _jitted_loss(model, jax.tree.map(jnp.asarray, batch))
@@ -125,7 +126,7 @@ def test_sequence_logprobs_match_the_forward_and_are_zero_off_mask(model):
     batch = sft_batch()
     got = np.asarray(sequence_logprobs(model, batch))
     logits = _forward(model, jnp.asarray(batch.input_ids_bt))
-    want = np.asarray(rewards.token_logprobs(logits, jnp.asarray(batch.targets_bt)))
+    want = np.asarray(token_logprobs(logits, jnp.asarray(batch.targets_bt)))
     mask = batch.loss_mask_bt > 0
     np.testing.assert_allclose(got[mask], want[mask], atol=1e-5)
     assert np.all(got[~mask] == 0.0)
