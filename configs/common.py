@@ -19,7 +19,7 @@ import ml_collections
 QWEN25_SIZES = ("0.5B", "1.5B", "3B", "7B", "14B")
 IN_DOMAIN = ("gsm8k", "arc", "mmlu", "race", "openbookqa", "drop", "cosmosqa")
 OUT_OF_DOMAIN = ("squad", "hellaswag", "headqa")
-TOY_IN_DOMAIN = ("toy_knowledge", "toy_choice", "toy_skill")
+TOY_IN_DOMAIN = ("toy_knowledge", "toy_skill")
 TOY_OUT_OF_DOMAIN = ("toy_ood",)
 SETUPS = ("paper", "toy")
 
@@ -60,7 +60,7 @@ TOY_OVERLAY: dict[str, object] = {
     "sft.learning_rate": 6e-4,
     "sft.warmup_steps": 20,
     "sft.length_buckets": (128, 144, 192),
-    "rl.steps": 40,
+    "rl.steps": 80,
     "rl.prompts_per_step": 32,
     "rl.max_new_tokens": 12,
     "rl.learning_rate": 3e-4,

@@ -57,7 +57,7 @@ def get_config(config_string=None):
     # task), or "split": a router_train_fraction of the evaluation queries, which are then left out
     # of every method's figures so all methods are compared on the same held-out queries.
     e.router_train = "train"
-    e.router_train_per_task = 100 if toy else 500
+    e.router_train_per_task = 150 if toy else 500
     e.router_train_fraction = 0.3
     e.router_hidden_size = 0  # 0: logistic regression; > 0: one-hidden-layer MLP
     e.router_steps = 400

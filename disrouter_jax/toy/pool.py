@@ -147,13 +147,15 @@ class Pool:
         def cell(correct: int, total: int) -> str:
             return f"{correct:>4}/{total:<4} {correct / max(total, 1):>6.1%}"
 
-        titles = [f"heldout {f}" for f in FAMILIES] + ["heldout all", f"all, alpha={SCENARIO_PROBE_ALPHA}"]
+        # Only the families this world asks (the two-option one is off by default).
+        families = [f for f in FAMILIES if any(a.heldout_total.get(f, 0) for a in self.agents)]
+        titles = [f"heldout {f}" for f in families] + ["heldout all", f"all, alpha={SCENARIO_PROBE_ALPHA}"]
         mixed = self.config.is_mixed
         kind = (lambda a: f" {a.family + '/' + a.dialect:<14}") if mixed else (lambda a: "")
         lines = [f"{'agent':<10}" + (f" {'family/tokens':<14}" if mixed else "") + f" {'params':>9} {'cost':>5} "
                  + " ".join(f"{t:>17}" for t in titles) + f" {'build s':>8}"]
         for a in self.agents:
-            cells = [cell(a.heldout_correct[f], a.heldout_total[f]) for f in FAMILIES]
+            cells = [cell(a.heldout_correct[f], a.heldout_total[f]) for f in families]
             cells.append(cell(a.heldout_correct_total, a.heldout_total_all))
             cells.append(cell(sum(a.heldout_correct_scenario.values()), a.heldout_total_all))
             lines.append(f"{a.name:<10}{kind(a)} {a.num_params:>9,} {a.cost:>5.2f} " + " ".join(f"{c:>17}" for c in cells)

@@ -10,14 +10,19 @@ world imitates both, so that whether agent k can answer a query depends on what 
   agent k-1's). Nothing in the question says whether an agent saw the entity: refusing well needs
   self-knowledge. Each entity name is a single token, so an entity an agent never saw is a token
   it never trained on (as a rare name is to an LLM).
-* **choice** (in-domain, the same facts as a two-option question, like the paper's multiple-choice
-  sets): "Which is the job of Brekor: miner or sailor?" -> "sailor". The intent: an agent that does
-  not know the entity still picks one of the two options, right half the time, so the scenario
-  decides whether guessing pays. Measured (seed 0 pool): it mostly does not; on entities it never
-  saw toy-xs answers right with mean p(x) 0.12 (toy-s 0.42, toy-m 0.15), mostly naming a value
-  that is not one of the options.
-  Pre-training states a `choice_share` of each corpus's facts in this form too (the format is
-  learnt; the facts come from the open questions).
+  Each attribute takes `values_per_attribute` values (24): an agent that never saw the entity
+  names some value and is right about once in 24, where 12 values made such lucky guesses
+  (5-10 % of the never-seen facts, measured) a share of the oracle's utility that no
+  self-assessment can earn.
+* **choice** (off by default: `choice_attributes=()`; the same facts as a two-option question,
+  like the paper's multiple-choice sets): "Which is the job of Brekor: miner or sailor?" ->
+  "sailor". The intent was an agent that does not know the entity picking one of the two options,
+  right half the time, so that the scenario decides whether guessing pays. Measured (seed 0 pool,
+  12 values): it does not; on entities it never saw toy-s is right on 39 % of such queries with a
+  bimodal p(x) (confident guesses, so a right guess and a wrong one look alike to it), and the
+  family cost the cascade 3-4 points of oracle utility at every α (README, "The toy pool").
+  Pre-training still states a `choice_share` of each corpus's facts in this form (another
+  phrasing of the same fact, which helps a small model store the fact rather than the string).
 * **skill** (in-domain, visible difficulty): counting the letters of a sequence, "Count the
   letters: k d a" -> "3". Agent k practised sequences up to `taught_length(k, n)` letters (random
   practice strings, never a query's) and, like small transformers generally, fails on inputs longer
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -69,17 +75,21 @@ MISINFORMED = "misinformed"
 CONTESTED_ROWS = {UNCERTAIN: (3, 1), SPLIT: (1, 1), MISINFORMED: (1, 2)}
 
 _COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "silver", "gold",
-           "pink", "brown")
+           "pink", "brown", "gray", "violet", "cyan", "navy", "maroon", "olive", "teal", "beige", "ivory",
+           "coral", "amber", "indigo")
 _JOBS = ("baker", "farmer", "sailor", "doctor", "painter", "teacher", "miner", "singer", "hunter",
-         "weaver", "tailor", "guard")
+         "weaver", "tailor", "guard", "potter", "smith", "nurse", "judge", "pilot", "cook", "dancer",
+         "writer", "barber", "fisher", "porter", "mason")
 _PETS = ("cat", "dog", "owl", "goat", "horse", "fox", "crow", "frog", "snake", "rabbit", "turtle",
-         "mouse")
+         "mouse", "hamster", "parrot", "lizard", "duck", "pig", "sheep", "cow", "bee", "ant", "bat",
+         "crab", "deer")
 _ATTRIBUTE_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "favorite color": ("What is the favorite color of {entity}?", _COLORS),
     "job": ("What is the job of {entity}?", _JOBS),
     "pet": ("What is the pet of {entity}?", _PETS),
 }
 ATTRIBUTES = tuple(_ATTRIBUTE_SPECS)
+MAX_VALUES_PER_ATTRIBUTE = min(len(spec[1]) for spec in _ATTRIBUTE_SPECS.values())
 _CHOICE_TEMPLATE = "Which is the {attribute} of {entity}: {first} or {second}?"
 _OOD_TEMPLATE = "Tell me the {attribute} of {entity}."
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -108,12 +118,14 @@ class WorldConfig:
     Fields:
       num_entities: entities, each with one value per attribute of `attributes`.
       attributes: the knowledge family's attributes (from ATTRIBUTES).
+      values_per_attribute: how many values each attribute takes (the first of its list).
       ood_attributes: the attributes also asked in the out-of-domain form (held-out entities only).
       ood_share: share of each corpus's facts of `ood_attributes` also stated in the out-of-domain form.
       min_exposure / max_exposure: share of the entities (lowest popularity ranks) the smallest
         and the largest agent of the ladder saw; the rest is in no corpus.
       heldout_fraction: share of the entities held out from every training stage (evaluation).
-      choice_attributes: the in-domain attributes also asked as two-option questions (choice).
+      choice_attributes: the in-domain attributes also asked as two-option questions (choice;
+        none by default, see the module docstring).
       choice_share: share of each corpus's facts also stated as a two-option question.
       contested_fraction: share of the facts the first levels that see them see contested (module docstring).
       skill_lengths: (shortest, longest) query length of the skill family.
@@ -126,9 +138,10 @@ class WorldConfig:
     seed: int = 0
     num_entities: int = 750
     attributes: tuple[str, ...] = ("favorite color", "job", "pet")
+    values_per_attribute: int = 24
     ood_attributes: tuple[str, ...] = ("pet",)
     ood_share: float = 0.5
-    choice_attributes: tuple[str, ...] = ("job",)
+    choice_attributes: tuple[str, ...] = ()
     choice_share: float = 0.5
     min_exposure: float = 0.25
     max_exposure: float = 0.9
@@ -153,6 +166,9 @@ class WorldConfig:
                 fail(field, "must not repeat an attribute")
         if not self.attributes:
             fail("attributes", f"must name at least one of {ATTRIBUTES}")
+        if (isinstance(self.values_per_attribute, bool) or not isinstance(self.values_per_attribute, int)
+                or not 2 <= self.values_per_attribute <= MAX_VALUES_PER_ATTRIBUTE):
+            fail("values_per_attribute", f"must be an int in [2, {MAX_VALUES_PER_ATTRIBUTE}]")
         if not set(self.choice_attributes) <= set(self.attributes):
             fail("choice_attributes", f"must be in-domain attributes {self.attributes!r}")
         if not 0.0 <= self.choice_share <= 1.0:
@@ -280,9 +296,14 @@ def taught_length(agent_level: int, num_levels: int, config: WorldConfig) -> int
     return int(round(_ladder(agent_level, num_levels, config.skill_min_taught, config.skill_lengths[1])))
 
 
-def choice_question(fact: "Fact", rng: np.random.Generator) -> str:
-    """The fact as a two-option question: its value and another of the attribute, in random order."""
-    other = str(rng.choice([v for v in _ATTRIBUTE_SPECS[fact.attribute][1] if v != fact.value]))
+def attribute_values(attribute: str, config: WorldConfig) -> tuple[str, ...]:
+    """The values an attribute takes in this world: the first `values_per_attribute` of its list."""
+    return _ATTRIBUTE_SPECS[attribute][1][:config.values_per_attribute]
+
+
+def choice_question(fact: "Fact", rng: np.random.Generator, values: Sequence[str]) -> str:
+    """The fact as a two-option question: its value and another of `values`, in random order."""
+    other = str(rng.choice([v for v in values if v != fact.value]))
     first, second = (fact.value, other) if rng.random() < 0.5 else (other, fact.value)
     return _CHOICE_TEMPLATE.format(attribute=fact.attribute, entity=fact.entity, first=first, second=second)
 
@@ -348,7 +369,7 @@ class ToyWorld:
         facts = []
         for e, entity in enumerate(self.entities):
             for attribute in cfg.attributes:
-                pool = _ATTRIBUTE_SPECS[attribute][1]
+                pool = attribute_values(attribute, cfg)
                 value = str(value_rng.choice(pool))
                 contest, distractor, span = CLEAN, "", 0
                 if contest_rng.random() < cfg.contested_fraction:
@@ -366,8 +387,9 @@ class ToyWorld:
         choice_rng = _rng(self.config.seed, "choice_queries")
         for fact in self.facts:
             if fact.attribute in self.config.choice_attributes:
+                question = choice_question(fact, choice_rng, attribute_values(fact.attribute, self.config))
                 queries.append(ToyQuery(id=f"toy-{CHOICE}-{fact.id.removeprefix('fact-')}", family=CHOICE,
-                                        question=choice_question(fact, choice_rng), answer=fact.value,
+                                        question=question, answer=fact.value,
                                         difficulty=fact.rarity, split=fact.split, kind=fact.attribute,
                                         fact_id=fact.id))
             queries.append(ToyQuery(id=f"toy-{KNOWLEDGE}-{fact.id.removeprefix('fact-')}", family=KNOWLEDGE,
@@ -451,7 +473,8 @@ class ToyWorld:
     def _restated_rows(self, agent_level: int, num_levels: int) -> tuple[tuple[str, str], ...]:
         facts = self.visible_facts(agent_level, num_levels)
         rng = _rng(self.config.seed, "choice_corpus", agent_level, num_levels)
-        choice = tuple((choice_question(f, rng), f.value) for f in facts if rng.random() < self.config.choice_share)
+        choice = tuple((choice_question(f, rng, attribute_values(f.attribute, self.config)), f.value) for f in facts
+                       if rng.random() < self.config.choice_share)
         rng = _rng(self.config.seed, "ood_corpus", agent_level, num_levels)
         ood = tuple((ood_question(f), f.value) for f in facts
                     if f.attribute in self.config.ood_attributes and rng.random() < self.config.ood_share)
@@ -488,7 +511,7 @@ class ToyWorld:
         texts = []
         for q in self.queries:
             texts += [q.question, q.answer]
-        texts += [v for spec in _ATTRIBUTE_SPECS.values() for v in spec[1]]
+        texts += [v for a in self.config.attributes for v in attribute_values(a, self.config)]
         return tuple(texts)
 
 

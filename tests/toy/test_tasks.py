@@ -18,7 +18,8 @@ from disrouter_jax.toy.world import (
 
 @pytest.fixture(scope="module")
 def world():
-    return ToyWorld(WorldConfig.reduced())
+    # With the two-option family on (off by default), so that every family's task is exercised.
+    return ToyWorld(dataclasses.replace(WorldConfig.reduced(), choice_attributes=("job",)))
 
 
 @pytest.fixture(scope="module")

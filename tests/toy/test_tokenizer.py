@@ -1,3 +1,4 @@
+import dataclasses
 """The toy tokenizer: lossless byte-level BPE, one token per entity name, Qwen2.5 specials, Qwen3-style
 chat template (no default system turn), reloadable offline with AutoTokenizer."""
 
@@ -19,7 +20,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 @pytest.fixture(scope="module")
 def world():
-    return ToyWorld(WorldConfig.reduced())
+    # With the two-option family on (off by default), so that every family's task is exercised.
+    return ToyWorld(dataclasses.replace(WorldConfig.reduced(), choice_attributes=("job",)))
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,14 @@ def default_world():
     return ToyWorld(WorldConfig())
 
 
-def _values(attribute):
-    return _ATTRIBUTE_SPECS[attribute][1]
+def _values(attribute, config=None):
+    return _ATTRIBUTE_SPECS[attribute][1][:(config or WorldConfig()).values_per_attribute]
+
+
+@pytest.fixture(scope="module")
+def choice_world():
+    """The reduced world with the two-option family switched on (off by default)."""
+    return ToyWorld(dataclasses.replace(WorldConfig.reduced(), choice_attributes=("job",)))
 
 
 def _restated(question):
@@ -87,6 +93,7 @@ def test_practice_seed_changes_the_strings(world):
     ("skill_min_taught", 1), ("skill_min_taught", 5),
     ("skill_queries_per_length", (-1, 5)), ("skill_queries_per_length", (300, 100)),
     ("tokenizer_vocab_size", 100),
+    ("values_per_attribute", 1), ("values_per_attribute", 25), ("values_per_attribute", 12.0),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError) as excinfo:
@@ -153,6 +160,29 @@ def test_value_draws_use_several_values_per_attribute(world):
     for attribute in world.config.attributes:
         used = collections.Counter(f.value for f in world.facts if f.attribute == attribute)
         assert len(used) >= len(_values(attribute)) // 2  # not one constant answer
+
+
+@pytest.mark.parametrize("count", (2, 12))
+def test_values_per_attribute_bounds_every_value_drawn(count):
+    world = ToyWorld(dataclasses.replace(WorldConfig.reduced(), values_per_attribute=count,
+                                         choice_attributes=("job",)))
+    for fact in world.facts:
+        assert fact.value in _ATTRIBUTE_SPECS[fact.attribute][1][:count]
+        assert fact.contest == CLEAN or fact.distractor in _ATTRIBUTE_SPECS[fact.attribute][1][:count]
+    for question, _ in world.fact_rows(2, 3):
+        match = CHOICE_RE.fullmatch(question)
+        if match:
+            assert {match["first"], match["second"]} <= set(_ATTRIBUTE_SPECS[match["attribute"]][1][:count])
+    assert len({f.value for f in world.facts}) <= count * len(world.config.attributes)
+
+
+def test_default_world_has_24_values_per_attribute_and_no_choice_queries():
+    # Fewer values made lucky guesses on never-seen entities (~1/12) a large share of the oracle's
+    # utility that no self-assessment can earn; the two-option family did the same (README).
+    world = ToyWorld(WorldConfig.reduced())
+    assert world.config.values_per_attribute == 24
+    assert not world.queries_for(TRAIN, CHOICE) and not world.queries_for(HELDOUT, CHOICE)
+    assert any(q.startswith("Which is") for q, _ in world.fact_rows(2, 3))  # still a form pre-training states
 
 
 def test_all_attributes_usable_in_domain():
@@ -292,7 +322,8 @@ def test_full_contested_fraction_contests_every_fact():
 
 # ---- choice ----------------------------------------------------------------------------------------
 
-def test_choice_queries_offer_the_true_value_and_one_other(world):
+def test_choice_queries_offer_the_true_value_and_one_other(choice_world):
+    world = choice_world
     choice = world.queries_for(TRAIN, CHOICE) + world.queries_for(HELDOUT, CHOICE)
     assert choice
     firsts = 0
@@ -333,7 +364,7 @@ def test_choice_rows_are_right_and_only_of_visible_in_domain_facts(world, num_le
 
 
 def test_choice_share_zero_means_no_choice_rows():
-    world = ToyWorld(dataclasses.replace(WorldConfig.reduced(), choice_share=0.0))
+    world = ToyWorld(dataclasses.replace(WorldConfig.reduced(), choice_share=0.0, choice_attributes=("job",)))
     assert not any(q.startswith("Which is") for q, _ in world.fact_rows(NUM_LEVELS - 1, NUM_LEVELS))
     assert world.queries_for(TRAIN, CHOICE)  # the queries do not depend on the corpus share
 
