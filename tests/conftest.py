@@ -271,9 +271,10 @@ def _partial_rebuild(root: Path, log: Path):
 
     def job(background: Background) -> tuple[Path, str, str, dict[str, int], str]:
         shutil.copytree(background.wait("reduced_pool"), root)
-        victim = json.loads((root / "pool.json").read_text())["agents"][0]["name"]
+        from disrouter_jax.toy.pool import POOL_FILE, PoolError, load_pool
+
+        victim = json.loads((root / POOL_FILE).read_text())["agents"][0]["name"]
         shutil.rmtree(root / "agents" / victim)
-        from disrouter_jax.toy.pool import PoolError, load_pool
 
         try:
             load_pool(root)

@@ -30,13 +30,14 @@ from tests.conftest import child_xla_flags, load_config_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ("toy-xs", "toy-s")  # the reduced pool's agents but the last, which always answers
-NUM_QUERIES = 12  # 4 per toy training task
+PER_TASK = 4
+NUM_QUERIES = PER_TASK * len(load_config_module("common.py").TOY_IN_DOMAIN)
 CHUNK_SIZE = 2
 SFT_STEPS = 6
 RL_STEPS = 4
 OVERRIDES = {
     "pool.reduced": True,
-    "data.train_per_task": NUM_QUERIES // 3,
+    "data.train_per_task": PER_TASK,
     "label.num_samples": 8,  # 2 queries x 8 samples: the 16 rows of an RL step's 4 prompts x 4
     "label.chunk_size": CHUNK_SIZE,
     "sft.steps": SFT_STEPS,

@@ -52,7 +52,7 @@ from disrouter_jax.toy.pool_config import (
     FORMAT_VERSION, AgentSpec, PoolConfig, default_costs, stable_hash)
 from disrouter_jax.toy.pretrain import PromptIds, plain_messages, pretrain_agent, score_agent, special_ids
 from disrouter_jax.toy.tokenizer import CHATML, build_tokenizer, dialect_named, load_tokenizer
-from disrouter_jax.toy.world import FAMILIES, HELDOUT, ToyWorld
+from disrouter_jax.toy.world import FAMILIES, HELDOUT, SPLITS, ToyWorld
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +436,9 @@ def build_pool(out_dir: str | os.PathLike, config: PoolConfig | None = None, *, 
         "config": config.to_dict(),
         "world": dataclasses.asdict(config.world),
         "tokenizer": TOKENIZER_DIR,
-        "tasks": {name: f"{TASKS_DIR}/{name}" for name in toy_tasks.FAMILY_OF_TASK},
+        # The tasks this world asks (the two-option family is off by default: no files, no entry).
+        "tasks": {name: f"{TASKS_DIR}/{name}" for name, family in toy_tasks.FAMILY_OF_TASK.items()
+                  if any(world.queries_for(split, family) for split in SPLITS)},
         "agents": [
             {"name": r["name"], "path": f"{AGENTS_DIR}/{r['name']}", "cost": cost, "level": r["level"],
              "params": r["params"],
